@@ -1,0 +1,86 @@
+"""Config composition: every experiment composes and validates; bad keys fail naming the key."""
+
+import time
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ValidationError
+
+from tests.conftest import run_cli
+from vaegan.config import ConfigError, validate
+
+
+@pytest.mark.parametrize("experiment", ["quickstart", "cifar10", "celeba64", "celeba128"])
+def test_every_experiment_composes_and_validates(compose_cfg, experiment, tmp_path):
+    cfg = compose_cfg([f"+experiment={experiment}"], tmp_path)
+    validate(cfg)
+    assert cfg.run_name == experiment
+
+
+def test_paper_hyperparameters_in_full_experiments(compose_cfg, tmp_path):
+    cfg = compose_cfg(["+experiment=celeba64"], tmp_path)
+    m = cfg.model
+    assert (m.alpha, m.beta, m.gamma, m.eta) == (0.3, 0.1, 0.1, 0.5)
+    assert (m.controller.ki, m.controller.kp, m.controller.kd) == (1e-3, 1e-5, 1e-5)
+    assert m.optimizer.lr == 5e-5 and list(m.optimizer.betas) == [0.5, 0.999]
+    assert cfg.iterations == 300_000 and cfg.data.image_size == 64 and cfg.model.width == 64
+
+
+@pytest.mark.parametrize(
+    "variant,vae,disc,lsm,kp",
+    [("vaegan", True, True, True, 1e-5), ("began", False, True, False, 0.0), ("began_pid", False, True, False, 1e-5),
+     ("began_pid_lsm", False, True, True, 1e-5), ("vae", True, False, False, 1e-5)],
+)
+def test_model_variants(compose_cfg, tmp_path, variant, vae, disc, lsm, kp):
+    m = compose_cfg(["+experiment=quickstart", f"model={variant}"], tmp_path).model
+    assert (m.name, m.vae, m.discriminator, m.lsm, m.controller.kp) == (variant, vae, disc, lsm, kp)
+    assert m.width == 16  # the experiment's overrides still apply on top of the variant
+
+
+def test_required_overrides_exist(compose_cfg, tmp_path):
+    overrides = [
+        "iterations=7", "seed=3", "data.batch_size=8", "data.image_size=64", "model.width=12", "model.latent_dim=5",
+        "model.controller.ki=0.1", "model.controller.kp=0.2", "model.controller.kd=0.3",
+        "trainer.log_every_n_steps=1", "ckpt_path=/some/last.ckpt",
+    ]
+    cfg = compose_cfg(["+experiment=quickstart", *overrides], tmp_path)
+    assert (cfg.iterations, cfg.seed, cfg.data.batch_size, cfg.data.image_size) == (7, 3, 8, 64)
+    assert (cfg.model.width, cfg.model.latent_dim, cfg.trainer.log_every_n_steps) == (12, 5, 1)
+    assert (cfg.model.controller.ki, cfg.model.controller.kp, cfg.model.controller.kd) == (0.1, 0.2, 0.3)
+    assert cfg.ckpt_path == "/some/last.ckpt"
+
+
+def test_misspelled_key_names_the_key(compose_cfg, tmp_path):
+    with pytest.raises(ConfigCompositionException, match=r"model\.widht") as err:
+        compose_cfg(["+experiment=quickstart", "model.widht=8"], tmp_path)
+    assert "Key 'widht' not in 'ModelConfig'" in str(err.value.__cause__)
+
+
+def test_wrong_type_names_the_key(compose_cfg, tmp_path):
+    with pytest.raises(ConfigCompositionException, match=r"model\.controller\.ki=fast") as err:
+        compose_cfg(["+experiment=quickstart", "model.controller.ki=fast"], tmp_path)
+    cause = err.value.__cause__
+    assert isinstance(cause, ValidationError) and cause.full_key == "model.controller.ki"
+
+
+@pytest.mark.parametrize(
+    "override,key",
+    [("data.image_size=48", "data.image_size"), ("model.controller.kp=-1", "model.controller.kp"),
+     ("iterations=0", "iterations"), ("data.channels=2", "data.channels"), ("model.kl_reduction=max", "model.kl_reduction")],
+)
+def test_semantic_errors_name_the_key(compose_cfg, tmp_path, override, key):
+    cfg = compose_cfg(["+experiment=quickstart", override], tmp_path)
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        validate(cfg)
+
+
+def test_cli_rejects_bad_keys_before_training(tmp_path):
+    start = time.monotonic()
+    typo = run_cli("+experiment=quickstart", "model.widht=8", f"hydra.run.dir={tmp_path}/a")
+    wrong_type = run_cli("+experiment=quickstart", "data.batch_size=many", f"hydra.run.dir={tmp_path}/b")
+    bad_value = run_cli("+experiment=quickstart", "data.image_size=48", f"hydra.run.dir={tmp_path}/c")
+    assert typo.returncode != 0 and "widht" in typo.stderr
+    assert wrong_type.returncode != 0 and "data.batch_size" in wrong_type.stderr
+    assert bad_value.returncode != 0 and "Config error: data.image_size=48" in bad_value.stderr
+    assert not (tmp_path / "c" / "checkpoints").exists()
+    assert time.monotonic() - start < 60

@@ -1,0 +1,160 @@
+"""The LightningModule: gradient isolation of the three objectives, variants, public API."""
+
+import copy
+
+import lightning as L
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from vaegan.module import VAEGANModule
+
+HP = dict(image_size=16, channels=1, width=4, latent_dim=8, alpha=0.3, beta=0.1, gamma=0.1, lr=1e-3, seed=3)
+
+
+def one_iteration_through_lightning(module, x):
+    """Runs one real iteration with Lightning; returns each optimizer's gradients at its step."""
+    grads = {}
+
+    class Capture(L.Callback):
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            params = optimizer.param_groups[0]["params"]
+            name = next(n for n, net in pl_module.networks.items() if next(net.parameters()) is params[0])
+            grads[name] = [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in params]
+
+    trainer = L.Trainer(
+        accelerator="cpu", max_steps=len(module.networks), logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, callbacks=[Capture()],
+    )
+    trainer.fit(module, DataLoader(TensorDataset(x), batch_size=len(x)))
+    return grads
+
+
+def reference_gradients(net, x, k):
+    """Gradients of Eqs. 13-15 computed naively: one objective at a time, the discriminator's on
+    explicitly detached generator outputs."""
+    noise = net.draw_noise(len(x), iteration=0)
+    E, G, D = net.encoder, net.generator, net.discriminator
+    a, b, c = HP["alpha"], HP["beta"], HP["gamma"]
+    mu, logvar = E(x)
+    x_v = G(mu + noise["eps"] * (0.5 * logvar).exp())
+    x_g = G(noise["z_g"])
+    z_d, x_d = D(x)
+    z_v, x_v_rec = D(x_v)
+    _, x_g_rec = D(x_g)
+    L_s, L_e = (z_d - z_v).abs().mean(), (x - x_v).abs().mean()
+    L_n = (-0.5 * (1 + logvar - mu**2 - logvar.exp())).mean()
+    L_gen = (x_g - x_g_rec).abs().mean() + a * (x_v - x_v_rec).abs().mean() + b * L_s + c * L_e
+    L_enc = L_n + b * L_s + c * L_e
+    xv, xg = x_v.detach(), x_g.detach()
+    L_dis = (x - x_d).abs().mean() - k * ((xg - D(xg)[1]).abs().mean() + a * (xv - D(xv)[1]).abs().mean())
+    params = {name: list(m.parameters()) for name, m in net.networks.items()}
+    return {
+        "encoder": torch.autograd.grad(L_enc, params["encoder"], retain_graph=True),
+        "generator": torch.autograd.grad(L_gen, params["generator"], retain_graph=True),
+        "discriminator": torch.autograd.grad(L_dis, params["discriminator"], retain_graph=True),
+        "discriminator_if_leaking": torch.autograd.grad(L_dis + L_gen, params["discriminator"]),
+    }
+
+
+def test_each_optimizer_steps_only_on_its_own_objective():
+    torch.manual_seed(0)
+    module = VAEGANModule(**HP)
+    module.k = 0.37  # k_{t-1} != 0, so L_dis's fake terms matter
+    before = copy.deepcopy(module)
+    x = torch.rand(6, 1, 16, 16) * 2 - 1
+    grads = one_iteration_through_lightning(module, x)
+    expected = reference_gradients(copy.deepcopy(before), x, k=0.37)
+
+    # the reference would notice the classic bug: generator loss leaking into the discriminator
+    leak = expected["discriminator_if_leaking"]
+    assert any(not torch.allclose(g, r, atol=1e-5) for g, r in zip(leak, expected["discriminator"]))
+
+    for name in ("encoder", "generator", "discriminator"):
+        assert len(grads[name]) == len(expected[name])
+        for got, want in zip(grads[name], expected[name]):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+
+    # and each network moved by one Adam step on exactly those gradients
+    for name, net in before.networks.items():
+        opt = torch.optim.Adam(net.parameters(), lr=HP["lr"], betas=(0.5, 0.999))
+        for p, g in zip(net.parameters(), expected[name]):
+            p.grad = g
+        opt.step()
+        for p_ref, p_got in zip(net.parameters(), module.networks[name].parameters()):
+            torch.testing.assert_close(p_got, p_ref, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    "variant,flags,networks,terms",
+    [
+        ("vaegan", dict(vae=True, discriminator=True, lsm=True), ["encoder", "generator", "discriminator"],
+         {"L_e", "L_n", "L_d", "L_g", "L_v", "L_s"}),
+        ("began", dict(vae=False, discriminator=True, lsm=False), ["generator", "discriminator"], {"L_d", "L_g"}),
+        ("began_pid_lsm", dict(vae=False, discriminator=True, lsm=True), ["generator", "discriminator"],
+         {"L_d", "L_g", "L_s"}),
+        ("vae", dict(vae=True, discriminator=False, lsm=False), ["encoder", "generator"], {"L_e", "L_n"}),
+    ],
+)
+def test_variants_share_one_code_path(variant, flags, networks, terms):
+    module = VAEGANModule(**{**HP, **flags}, variant=variant)
+    assert list(module.networks) == networks
+    assert len(module.configure_optimizers()) == len(networks)
+    x = torch.rand(4, 1, 16, 16) * 2 - 1
+    got = module.compute_losses(x, module.draw_noise(4, 0))
+    assert set(got) == terms
+    assert set(module.objectives(got)) == set(networks)
+
+
+def test_began_lsm_uses_the_feature_matching_form():
+    module = VAEGANModule(**{**HP, "vae": False, "lsm": True})
+    x = torch.rand(4, 1, 16, 16) * 2 - 1
+    noise = module.draw_noise(4, 0)
+    z_d, _ = module.discriminator(x)
+    z_g, _ = module.discriminator(module.generator(noise["z_g"]))
+    expected = (z_d.mean(0) - z_g.mean(0)).abs().mean()
+    torch.testing.assert_close(module.compute_losses(x, noise)["L_s"], expected)
+
+
+def test_vae_objectives_are_the_elbo_terms():
+    module = VAEGANModule(**{**HP, "discriminator": False, "lsm": False, "gamma": 1.0})
+    terms = {"L_e": torch.tensor(0.25), "L_n": torch.tensor(0.5)}
+    objectives = module.objectives(terms)
+    assert objectives["encoder"].item() == pytest.approx(0.75)
+    assert objectives["generator"].item() == pytest.approx(0.25)
+
+
+def test_noise_depends_on_seed_and_iteration_only():
+    a, b = VAEGANModule(**HP), VAEGANModule(**HP)
+    torch.testing.assert_close(a.draw_noise(4, 7)["z_g"], b.draw_noise(4, 7)["z_g"])
+    assert not torch.equal(a.draw_noise(4, 7)["z_g"], a.draw_noise(4, 8)["z_g"])
+    assert not torch.equal(a.draw_noise(4, 7)["eps"], a.draw_noise(4, 7)["z_g"])
+
+
+def test_public_api_shapes_and_missing_networks():
+    module = VAEGANModule(**HP)
+    x = torch.rand(3, 1, 16, 16)
+    mu, logvar = module.encode(x)
+    assert mu.shape == logvar.shape == (3, 8)
+    assert module.decode(mu).shape == x.shape
+    z, x_rec = module.discriminate(x)
+    assert z.shape == (3, 8) and x_rec.shape == x.shape
+    assert module.sample(5).shape == (5, 1, 16, 16)
+    began = VAEGANModule(**{**HP, "vae": False, "lsm": False}, variant="began")
+    with pytest.raises(RuntimeError, match="'began' model has no encoder"):
+        began.encode(x)
+    with pytest.raises(RuntimeError, match="no discriminator"):
+        VAEGANModule(**{**HP, "discriminator": False}).discriminate(x)
+    with pytest.raises(ValueError, match="needs a VAE encoder, a discriminator"):
+        VAEGANModule(**{**HP, "vae": False, "discriminator": False})
+
+
+def test_kl_reduction_is_configurable():
+    x = torch.rand(4, 1, 16, 16)
+    m_mean = VAEGANModule(**HP, kl_reduction="mean")
+    m_sum = VAEGANModule(**HP, kl_reduction="sum_latent")
+    m_sum.load_state_dict(m_mean.state_dict())
+    noise = m_mean.draw_noise(4, 0)
+    L_mean = m_mean.compute_losses(x, noise)["L_n"]
+    L_sum = m_sum.compute_losses(x, noise)["L_n"]
+    torch.testing.assert_close(L_sum, L_mean * HP["latent_dim"])

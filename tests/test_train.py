@@ -1,0 +1,103 @@
+"""End to end on real images (scikit-learn's digits): the CLI trains, writes every output, resumes."""
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import TINY, run_cli
+from vaegan.controller import PIDController
+from vaegan.module import VAEGANModule
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, float]]:
+    with open(run_dir / "metrics.csv") as f:
+        return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
+
+
+def load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("run")
+    result = run_cli(
+        *TINY, "iterations=40", "model.controller.ki=0.02", "callbacks.images.every_n_iterations=20",
+        "callbacks.checkpoint.every_n_iterations=20", "callbacks.checkpoint.keep_every_n_iterations=20",
+        f"hydra.run.dir={run_dir}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir
+
+
+def test_training_learns_and_moves_k(trained_run):
+    rows = read_metrics(trained_run)
+    assert [r["step"] for r in rows] == list(range(40))  # one row per iteration, indexed by iteration
+    L_d = [r["train/L_d"] for r in rows]
+    assert sum(L_d[-5:]) / 5 < 0.8 * sum(L_d[:5]) / 5  # the discriminator learns to reconstruct real digits
+    assert max(r["train/k"] for r in rows) > 0.0  # the controller moved k away from k_0 = 0
+    for name in ("L_d", "L_g", "L_v", "L_s", "L_e", "L_n", "e", "k", "M"):
+        assert all(torch.isfinite(torch.tensor(r[f"train/{name}"])) for r in rows), name
+
+
+def test_every_output_is_written(trained_run):
+    for path in ["config.yaml", ".hydra/config.yaml", "metrics.csv", "checkpoints/last.ckpt",
+                 "checkpoints/iter_0000020.ckpt", "checkpoints/iter_0000040.ckpt", "run.log"]:
+        assert (trained_run / path).is_file(), path
+    assert list((trained_run / "tensorboard").glob("events.out.tfevents.*"))
+    for grid in ("samples", "reconstructions"):
+        assert sorted(p.name for p in (trained_run / grid).glob("*.png")) == ["iter_0000020.png", "iter_0000040.png"]
+    assert not list(trained_run.rglob("*.tmp"))
+    samples = (trained_run / "samples" / "iter_0000040.png").read_bytes()
+    assert samples[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_checkpoint_loads_into_the_public_api(trained_run):
+    ckpt = trained_run / "checkpoints" / "last.ckpt"
+    state = load(ckpt)
+    assert state["global_step"] == 40 * 3  # three optimizer steps per iteration
+    model = VAEGANModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
+    assert model.hparams.width == 4 and model.hparams.image_size == 16
+    x = model.sample(3)
+    assert x.shape == (3, 1, 16, 16)
+    mu, _ = model.encode(x)
+    assert model.decode(mu).shape == x.shape and model.discriminate(x)[1].shape == x.shape
+
+
+def test_resume_restores_iteration_controller_and_optimizers(trained_run, tmp_path):
+    ckpt = trained_run / "checkpoints" / "iter_0000020.ckpt"
+    saved = load(ckpt)
+    before = read_metrics(trained_run)
+    result = run_cli(
+        *TINY, "iterations=25", "model.controller.ki=0.02", f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    after = read_metrics(tmp_path)
+    assert [r["step"] for r in after] == list(range(20, 25))  # the iteration count continues
+
+    # k: the first resumed update starts from the saved controller state, not from k = 0
+    state = next(v for k, v in saved["callbacks"].items() if "EquilibriumCallback" in k)
+    assert state["k"] > 0  # otherwise a controller reset to k = 0 would pass unnoticed
+    assert state["k"] == pytest.approx(before[19]["train/k"])
+    controller = PIDController(ki=0.02, kp=1e-5, kd=1e-5)
+    controller.load_state_dict(state)
+    assert after[0]["train/k"] == pytest.approx(controller.update(after[0]["train/e"]), abs=1e-7)
+
+    final = load(tmp_path / "checkpoints" / "last.ckpt")
+    assert final["global_step"] == 25 * 3
+    for opt_state in final["optimizer_states"]:  # Adam's moments were restored, not restarted
+        assert {int(s["step"]) for s in opt_state["state"].values()} == {25}
+
+
+@pytest.mark.parametrize("variant", ["vaegan", "began", "began_pid", "began_pid_lsm", "vae"])
+def test_every_variant_trains_in_process(compose_cfg, tmp_path, variant):
+    from vaegan.train import train
+
+    cfg = compose_cfg([*TINY, f"model={variant}", "iterations=3", "data=synthetic", "data.image_size=16",
+                       "data.channels=1", "data.batch_size=4", "data.length=32"], tmp_path)
+    metrics = train(cfg)
+    assert load(tmp_path / "checkpoints" / "last.ckpt")["global_step"] == 3 * (2 if variant != "vaegan" else 3)
+    assert ("train/k" in metrics) == (variant != "vae")
+    assert ("train/L_e" in metrics) == (variant in ("vaegan", "vae"))

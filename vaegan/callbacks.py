@@ -1,0 +1,154 @@
+"""Callbacks indexed by iterations (batches), not optimizer steps: checkpoints, image grids, progress.
+
+(The PID controller's callback lives beside the controller, in ``vaegan.controller``.)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.loggers import TensorBoardLogger
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from torchvision.utils import make_grid, save_image
+
+
+class IterationCheckpoint(L.Callback):
+    """Writes ``last.ckpt`` every ``every_n_iterations`` and at the end of training, and keeps
+    ``iter_XXXXXXX.ckpt`` every ``keep_every_n_iterations`` (0 = never).
+
+    Each file is written under a temporary name and renamed, so an interrupted write never
+    replaces a good checkpoint with a partial one.
+    """
+
+    def __init__(self, dirpath: str | Path, every_n_iterations: int = 1000, keep_every_n_iterations: int = 0):
+        self.dirpath = Path(dirpath)
+        self.every, self.keep_every = every_n_iterations, keep_every_n_iterations
+        self._saved_at = -1
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        it = pl_module.iteration
+        if self.keep_every and it % self.keep_every == 0:
+            self.save(trainer, f"iter_{it:07d}.ckpt")
+        if it % self.every == 0:
+            self.save(trainer, "last.ckpt")
+            self._saved_at = it
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if pl_module.iteration != self._saved_at:
+            self.save(trainer, "last.ckpt")
+
+    def save(self, trainer: L.Trainer, name: str) -> Path:
+        path = self.dirpath / name
+        tmp = path.with_name(f".{name}.tmp")
+        trainer.save_checkpoint(tmp, weights_only=False)  # full state: optimizers, callbacks, loops
+        if trainer.is_global_zero:
+            os.replace(tmp, path)
+        trainer.strategy.barrier("IterationCheckpoint.save")
+        return path
+
+
+class ImageLogger(L.Callback):
+    """PNG grids of samples from a fixed z and of reconstructions of fixed real images.
+
+    ``samples/iter_XXXXXXX.png``: F_vae-d(z) for the same z every time, so grids are comparable.
+    ``reconstructions/iter_XXXXXXX.png``: each real image x beside its VAE reconstruction
+    x_v = F_vae-d(mu_v(x)), or beside the discriminator's x'_d for models without an encoder.
+    The same grids go to TensorBoard when it is active. Written by rank 0 only.
+    """
+
+    def __init__(self, dirpath: str | Path, every_n_iterations: int = 500, num_samples: int = 64,
+                 num_reconstructions: int = 32, seed: int = 0):
+        self.dirpath = Path(dirpath)
+        self.every, self.num_samples, self.num_reconstructions = every_n_iterations, num_samples, num_reconstructions
+        self.seed = seed
+        self._written_at = -1
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        gen = torch.Generator().manual_seed(self.seed)
+        self.z = torch.randn(self.num_samples, pl_module.hparams.latent_dim, generator=gen)
+        self.x = trainer.datamodule.fixed_images(self.num_reconstructions)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        if pl_module.iteration % self.every == 0:
+            self.write(trainer, pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if pl_module.iteration != self._written_at:
+            self.write(trainer, pl_module)
+
+    @torch.no_grad()
+    def grids(self, pl_module: L.LightningModule) -> dict[str, torch.Tensor]:
+        samples = pl_module.decode(self.z.to(pl_module.device))
+        x = self.x.to(pl_module.device)
+        if pl_module.encoder is not None:
+            rec = pl_module.decode(pl_module.encode(x)[0])
+        else:
+            rec = pl_module.discriminate(x)[1]
+        pairs = torch.stack([x, rec], dim=1).flatten(0, 1)  # x0, rec0, x1, rec1, ...
+        as_grid = dict(normalize=True, value_range=(-1, 1))
+        return {
+            "samples": make_grid(samples.float().cpu(), nrow=8, **as_grid),
+            "reconstructions": make_grid(pairs.float().cpu(), nrow=8, **as_grid),
+        }
+
+    def write(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        it = self._written_at = pl_module.iteration
+        if not trainer.is_global_zero:
+            return
+        was_training = pl_module.training
+        pl_module.eval()
+        grids = self.grids(pl_module)
+        pl_module.train(was_training)
+        for name, grid in grids.items():
+            (self.dirpath / name).mkdir(parents=True, exist_ok=True)
+            save_image(grid, self.dirpath / name / f"iter_{it:07d}.png")
+            for logger in trainer.loggers:
+                if isinstance(logger, TensorBoardLogger):
+                    logger.experiment.add_image(f"images/{name}", grid, global_step=it)
+
+
+class IterationProgressBar(ProgressBar):
+    """One rich progress bar over the run's iterations, with k and M (not per-epoch batches)."""
+
+    def __init__(self, total_iterations: int, refresh_every: int = 1):
+        super().__init__()
+        self.total, self.refresh_every = total_iterations, refresh_every
+        self._enabled = True
+        self._progress: Progress | None = None
+
+    def disable(self) -> None:
+        self._enabled = False
+
+    def enable(self) -> None:
+        self._enabled = True
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self._enabled:
+            return
+        self._progress = Progress(
+            TextColumn("[bold]iteration"), MofNCompleteColumn(), BarColumn(), TimeElapsedColumn(),
+            TimeRemainingColumn(), TextColumn("{task.fields[stats]}"),
+        )
+        self._task = self._progress.add_task("train", total=self.total, completed=pl_module.iteration, stats="")
+        self._progress.start()
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        if self._progress is None or pl_module.iteration % self.refresh_every:
+            return
+        metrics = self.get_metrics(trainer, pl_module)
+        stats = "  ".join(f"{name.split('/')[-1]}={metrics[name]:.4f}" for name in ("train/k", "train/M") if name in metrics)
+        self._progress.update(self._task, completed=pl_module.iteration, stats=stats)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, completed=pl_module.iteration)
+            self._progress.stop()
+            self._progress = None
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self.on_train_end(trainer, pl_module)

@@ -1,0 +1,174 @@
+"""Typed schemas for the Hydra configs in ``conf/``, and the checks Hydra's types cannot express.
+
+Each YAML file is merged into the dataclass below, so a misspelled key or a value of the wrong
+type fails while the config is composed, before anything trains, with the key's full name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig
+
+
+class ConfigError(ValueError):
+    """A config value that is well-typed but unusable; the message names the key and the fix."""
+
+
+@dataclass
+class ControllerConfig:
+    ki: float = 1e-3  # lambda_1, integral gain
+    kp: float = 1e-5  # lambda_2, proportional gain
+    kd: float = 1e-5  # lambda_3, differential gain
+    smoothing: int = 1  # moving-average window of e_t before differencing (1 = Eq. 12 as printed)
+    k_init: float = 0.0
+
+
+@dataclass
+class OptimizerConfig:
+    lr: float = 5e-5
+    betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
+
+
+@dataclass
+class ModelConfig:
+    name: str = "vaegan"
+    vae: bool = True  # encoder F_vae-e and the VAE losses L_e, L_n
+    discriminator: bool = True  # auto-encoder discriminator and L_d, L_g, L_v
+    lsm: bool = True  # learned similarity metric L_s
+    width: int = 64  # n
+    latent_dim: int = 64  # h
+    alpha: float = 0.3
+    beta: float = 0.1
+    gamma: float = 0.1
+    eta: float = 0.5
+    kl_reduction: str = "mean"
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    controller: ControllerConfig = field(default_factory=ControllerConfig)
+
+
+@dataclass
+class DataConfig:
+    name: str = "digits"
+    root: Optional[str] = None
+    batch_size: int = 16
+    image_size: int = 32
+    channels: int = 3
+    num_workers: int = 0
+    val_fraction: float = 0.1
+    length: int = 1024  # synthetic only: number of images
+
+
+@dataclass
+class TrainerConfig:
+    """Keyword arguments of ``lightning.Trainer`` (max_steps is derived from ``iterations``)."""
+
+    accelerator: str = "auto"
+    devices: Any = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    log_every_n_steps: int = 10  # in iterations; 1 logs every iteration
+    deterministic: bool = False
+    benchmark: Optional[bool] = None
+    enable_model_summary: bool = True
+
+
+@dataclass
+class CSVLoggerConfig:
+    flush_every_n_iterations: int = 100
+
+
+@dataclass
+class TensorBoardLoggerConfig:
+    subdir: str = "tensorboard"
+
+
+@dataclass
+class LoggerConfig:
+    csv: Optional[CSVLoggerConfig] = None
+    tensorboard: Optional[TensorBoardLoggerConfig] = None
+
+
+@dataclass
+class CheckpointConfig:
+    every_n_iterations: int = 1000  # refreshes last.ckpt
+    keep_every_n_iterations: int = 0  # also keep iter_XXXXXXX.ckpt copies at this interval (0 = never)
+
+
+@dataclass
+class ImagesConfig:
+    every_n_iterations: int = 500
+    num_samples: int = 64
+    num_reconstructions: int = 32
+
+
+@dataclass
+class ProgressBarConfig:
+    enabled: bool = True
+    refresh_every: int = 1
+
+
+@dataclass
+class CallbacksConfig:
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    images: ImagesConfig = field(default_factory=ImagesConfig)
+    progress_bar: ProgressBarConfig = field(default_factory=ProgressBarConfig)
+
+
+@dataclass
+class PathsConfig:
+    output_dir: str = MISSING  # every output of a run goes here (hydra.run.dir)
+    data_dir: str = "data"
+
+
+@dataclass
+class TrainConfig:
+    run_name: str = "default"
+    iterations: int = 300_000  # the paper's iterations: batches, not optimizer steps
+    seed: int = 0
+    ckpt_path: Optional[str] = None  # resume from this checkpoint
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+
+
+def register_configs() -> None:
+    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+
+
+def _require(ok: bool, key: str, value: Any, rule: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r}: {rule}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Checks of values whose type alone is not enough; raises ConfigError naming the key."""
+    m, d, c = cfg.model, cfg.data, cfg.model.controller
+    _require(cfg.iterations > 0, "iterations", cfg.iterations, "must be a positive number of iterations")
+    size = d.image_size
+    _require(size >= 8 and size & (size - 1) == 0, "data.image_size", size, "must be a power of two >= 8 (16, 32, 64, 128)")
+    _require(d.channels in (1, 3), "data.channels", d.channels, "must be 1 or 3")
+    _require(d.batch_size > 0, "data.batch_size", d.batch_size, "must be positive")
+    _require(0 <= d.val_fraction < 1, "data.val_fraction", d.val_fraction, "must lie in [0, 1)")
+    _require(m.width > 0, "model.width", m.width, "must be positive")
+    _require(m.latent_dim > 0, "model.latent_dim", m.latent_dim, "must be positive")
+    _require(m.vae or m.discriminator, "model.vae", m.vae, "a model needs model.vae or model.discriminator")
+    _require(m.kl_reduction in ("mean", "sum_latent"), "model.kl_reduction", m.kl_reduction, "use mean or sum_latent")
+    for key in ("alpha", "beta", "gamma", "eta"):
+        _require(m[key] >= 0, f"model.{key}", m[key], "must be >= 0")
+    for key in ("ki", "kp", "kd"):
+        _require(c[key] >= 0, f"model.controller.{key}", c[key], "gains must be >= 0")
+    _require(c.smoothing >= 1, "model.controller.smoothing", c.smoothing, "must be >= 1 (1 = no smoothing)")
+    _require(0 <= c.k_init <= 1, "model.controller.k_init", c.k_init, "must lie in [0, 1]")
+    _require(m.optimizer.lr > 0, "model.optimizer.lr", m.optimizer.lr, "must be positive")
+    _require(len(m.optimizer.betas) == 2, "model.optimizer.betas", list(m.optimizer.betas), "needs two values")
+    _require(cfg.trainer.log_every_n_steps >= 1, "trainer.log_every_n_steps", cfg.trainer.log_every_n_steps, "must be >= 1")
+    for key in ("checkpoint", "images"):
+        n = cfg.callbacks[key].every_n_iterations
+        _require(n >= 1, f"callbacks.{key}.every_n_iterations", n, "must be >= 1")

@@ -1,0 +1,99 @@
+"""Builds a run from a composed config and trains it: data, model, callbacks, loggers, Trainer."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
+from omegaconf import DictConfig, OmegaConf
+
+from vaegan.callbacks import ImageLogger, IterationCheckpoint, IterationProgressBar
+from vaegan.config import ConfigError, validate
+from vaegan.controller import EquilibriumCallback
+from vaegan.data import ImageDataModule, build_datamodule
+from vaegan.module import VAEGANModule
+
+
+def build_datamodule_from(cfg: DictConfig) -> ImageDataModule:
+    d = cfg.data
+    kwargs = dict(batch_size=d.batch_size, image_size=d.image_size, channels=d.channels,
+                  num_workers=d.num_workers, val_fraction=d.val_fraction, seed=cfg.seed)
+    if d.name == "synthetic":
+        kwargs["length"] = d.length
+    return build_datamodule(d.name, **kwargs)
+
+
+def build_module(cfg: DictConfig) -> VAEGANModule:
+    m = cfg.model
+    return VAEGANModule(
+        image_size=cfg.data.image_size, channels=cfg.data.channels, width=m.width, latent_dim=m.latent_dim,
+        vae=m.vae, discriminator=m.discriminator, lsm=m.lsm, alpha=m.alpha, beta=m.beta, gamma=m.gamma,
+        eta=m.eta, kl_reduction=m.kl_reduction, lr=m.optimizer.lr, betas=tuple(m.optimizer.betas),
+        seed=cfg.seed, variant=m.name,
+    )
+
+
+def build_callbacks(cfg: DictConfig, module: VAEGANModule, out: Path) -> list[L.Callback]:
+    c = cfg.callbacks
+    callbacks: list[L.Callback] = [
+        IterationCheckpoint(out / "checkpoints", c.checkpoint.every_n_iterations, c.checkpoint.keep_every_n_iterations),
+        ImageLogger(out, c.images.every_n_iterations, c.images.num_samples, c.images.num_reconstructions, cfg.seed),
+    ]
+    if module.discriminator is not None:
+        callbacks.insert(0, EquilibriumCallback(**OmegaConf.to_container(cfg.model.controller)))
+    if c.progress_bar.enabled:
+        callbacks.append(IterationProgressBar(cfg.iterations, c.progress_bar.refresh_every))
+    return callbacks
+
+
+def keep_previous_metrics(out: Path) -> None:
+    """CSVLogger deletes an existing metrics.csv; a run resumed in the same directory keeps it as
+    metrics.N.csv instead."""
+    metrics = out / "metrics.csv"
+    if metrics.exists():
+        n = 1
+        while (out / f"metrics.{n}.csv").exists():
+            n += 1
+        metrics.rename(out / f"metrics.{n}.csv")
+
+
+def build_loggers(cfg: DictConfig, out: Path) -> list[Logger]:
+    loggers: list[Logger] = []
+    if cfg.logger.csv is not None:  # -> <out>/metrics.csv, <out>/hparams.yaml
+        keep_previous_metrics(out)
+        warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
+        loggers.append(CSVLogger(out, name="", version="", flush_logs_every_n_steps=cfg.logger.csv.flush_every_n_iterations))
+    if cfg.logger.tensorboard is not None:
+        loggers.append(TensorBoardLogger(out, name=cfg.logger.tensorboard.subdir, version="", default_hp_metric=False))
+    return loggers
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Trains ``cfg.iterations`` iterations (resuming from ``cfg.ckpt_path`` if set); returns the
+    last logged metrics."""
+    validate(cfg)
+    if cfg.ckpt_path is not None and not Path(cfg.ckpt_path).is_file():
+        raise ConfigError(f"ckpt_path={cfg.ckpt_path!r}: no such checkpoint file (resume from <run dir>/checkpoints/last.ckpt)")
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    datamodule = build_datamodule_from(cfg)
+    module = build_module(cfg)
+    trainer = L.Trainer(
+        **OmegaConf.to_container(cfg.trainer),
+        max_steps=cfg.iterations * len(module.networks),  # Lightning counts optimizer steps
+        max_epochs=-1,
+        callbacks=build_callbacks(cfg, module, out),
+        logger=build_loggers(cfg, out) or False,
+        default_root_dir=out,
+        enable_checkpointing=False,  # IterationCheckpoint writes checkpoints by iteration
+        enable_progress_bar=cfg.callbacks.progress_bar.enabled,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    return {name: float(value) for name, value in trainer.callback_metrics.items()}
