@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,8 @@ from torchvision.utils import make_grid, save_image
 
 
 class IterationCheckpoint(L.Callback):
-    """Writes ``last.ckpt`` every ``every_n_iterations`` and at the end of training, and keeps
-    ``iter_XXXXXXX.ckpt`` every ``keep_every_n_iterations`` (0 = never).
+    """Writes ``last.ckpt`` every ``every_n_iterations`` and at the end of training, and keeps a
+    copy ``iter_XXXXXXX.ckpt`` every ``keep_every_n_iterations`` (0 = never).
 
     Each file is written under a temporary name and renamed, so an interrupted write never
     replaces a good checkpoint with a partial one.
@@ -32,24 +33,27 @@ class IterationCheckpoint(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         it = pl_module.iteration
-        if self.keep_every and it % self.keep_every == 0:
-            self.save(trainer, f"iter_{it:07d}.ckpt")
-        if it % self.every == 0:
-            self.save(trainer, "last.ckpt")
-            self._saved_at = it
+        keep = self.keep_every > 0 and it % self.keep_every == 0
+        if keep or it % self.every == 0:
+            self.save_last(trainer, it)
+        if keep and trainer.is_global_zero:
+            kept = self.dirpath / f"iter_{it:07d}.ckpt"
+            tmp = kept.with_name(f".{kept.name}.tmp")
+            shutil.copyfile(self.dirpath / "last.ckpt", tmp)
+            os.replace(tmp, kept)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if pl_module.iteration != self._saved_at:
-            self.save(trainer, "last.ckpt")
+            self.save_last(trainer, pl_module.iteration)
 
-    def save(self, trainer: L.Trainer, name: str) -> Path:
-        path = self.dirpath / name
-        tmp = path.with_name(f".{name}.tmp")
+    def save_last(self, trainer: L.Trainer, iteration: int) -> None:
+        path = self.dirpath / "last.ckpt"
+        tmp = path.with_name(".last.ckpt.tmp")
         trainer.save_checkpoint(tmp, weights_only=False)  # full state: optimizers, callbacks, loops
         if trainer.is_global_zero:
             os.replace(tmp, path)
-        trainer.strategy.barrier("IterationCheckpoint.save")
-        return path
+        trainer.strategy.barrier("IterationCheckpoint.save_last")
+        self._saved_at = iteration
 
 
 class ImageLogger(L.Callback):
