@@ -26,9 +26,10 @@ def trained_run(tmp_path_factory):
     result = run_cli(
         *TINY, "iterations=40", "model.controller.ki=0.02", "callbacks.images.every_n_iterations=20",
         "callbacks.checkpoint.every_n_iterations=20", "callbacks.checkpoint.keep_every_n_iterations=20",
-        f"hydra.run.dir={run_dir}",
+        "callbacks.progress_bar.enabled=true", f"hydra.run.dir={run_dir}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir / "stdout.txt").write_text(result.stdout)
     return run_dir
 
 
@@ -40,6 +41,12 @@ def test_training_learns_and_moves_k(trained_run):
     assert max(r["train/k"] for r in rows) > 0.0  # the controller moved k away from k_0 = 0
     for name in ("L_d", "L_g", "L_v", "L_s", "L_e", "L_n", "e", "k", "M"):
         assert all(torch.isfinite(torch.tensor(r[f"train/{name}"])) for r in rows), name
+
+
+def test_progress_bar_shows_iteration_k_and_m(trained_run):
+    out = (trained_run / "stdout.txt").read_text()
+    last = [line for line in out.splitlines() if line.startswith("iteration")][-1]
+    assert "40/40" in last and " k=" in last and " M=" in last
 
 
 def test_every_output_is_written(trained_run):
