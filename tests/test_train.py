@@ -108,3 +108,14 @@ def test_every_variant_trains_in_process(compose_cfg, tmp_path, variant):
     assert load(tmp_path / "checkpoints" / "last.ckpt")["global_step"] == 3 * (2 if variant != "vaegan" else 3)
     assert ("train/k" in metrics) == (variant != "vae")
     assert ("train/L_e" in metrics) == (variant in ("vaegan", "vae"))
+
+
+def test_resuming_in_the_same_directory_keeps_earlier_metrics(tmp_path):
+    from vaegan.train import keep_previous_metrics
+
+    (tmp_path / "metrics.csv").write_text("step\n0\n")
+    (tmp_path / "metrics.1.csv").write_text("older\n")
+    keep_previous_metrics(tmp_path)
+    assert not (tmp_path / "metrics.csv").exists()
+    assert (tmp_path / "metrics.1.csv").read_text() == "older\n"
+    assert (tmp_path / "metrics.2.csv").read_text() == "step\n0\n"

@@ -41,7 +41,7 @@ def build_callbacks(cfg: DictConfig, module: VAEGANModule, out: Path) -> list[L.
         IterationCheckpoint(out / "checkpoints", c.checkpoint.every_n_iterations, c.checkpoint.keep_every_n_iterations),
         ImageLogger(out, c.images.every_n_iterations, c.images.num_samples, c.images.num_reconstructions, cfg.seed),
     ]
-    if module.discriminator is not None:
+    if module.discriminator is not None:  # first, so that checkpoints hold k_t after its update
         callbacks.insert(0, EquilibriumCallback(**OmegaConf.to_container(cfg.model.controller)))
     if c.progress_bar.enabled:
         callbacks.append(IterationProgressBar(cfg.iterations, c.progress_bar.refresh_every))
