@@ -51,13 +51,21 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    name: str = "digits"
-    root: Optional[str] = None
+    name: str = "digits"  # celeba | cifar10 | folder | npz | digits | synthetic
+    root: Optional[str] = None  # celeba/cifar10: folder holding the dataset; folder: the images; npz: the file
     batch_size: int = 16
     image_size: int = 32
     channels: int = 3
-    num_workers: int = 0
-    val_fraction: float = 0.1
+    num_workers: int = 0  # DataLoader worker processes
+    val_fraction: float = 0.1  # folder/npz/digits/synthetic without a partition: seeded held-out fraction
+    train_split: str = "train"  # train (the source's training split) or all
+    flip: bool = False  # random horizontal flips of training batches, on the device
+    crop: Optional[int] = None  # CenterCrop size before the resize (celeba: 178; others: the shorter side)
+    cache_dir: Optional[str] = None  # where caches live; None: $XDG_CACHE_HOME/vaegan or ~/.cache/vaegan
+    cache_workers: Optional[int] = None  # processes decoding images while a cache is built; None: all cores
+    on_bad_image: str = "error"  # error | skip, for unreadable images found while building a cache
+    download: bool = False  # cifar10: fetch the files when missing (needs internet)
+    verify_checksums: bool = False  # celeba/cifar10: require the official files' MD5s
     length: int = 1024  # synthetic only: number of images
 
 
@@ -156,6 +164,12 @@ def validate(cfg: DictConfig) -> None:
     _require(d.channels in (1, 3), "data.channels", d.channels, "must be 1 or 3")
     _require(d.batch_size > 0, "data.batch_size", d.batch_size, "must be positive")
     _require(0 <= d.val_fraction < 1, "data.val_fraction", d.val_fraction, "must lie in [0, 1)")
+    _require(d.num_workers >= 0, "data.num_workers", d.num_workers, "must be >= 0 (0 loads in the training process)")
+    _require(d.on_bad_image in ("error", "skip"), "data.on_bad_image", d.on_bad_image, "use error or skip")
+    _require(d.train_split in ("train", "all"), "data.train_split", d.train_split, "use train or all")
+    _require(d.crop is None or d.crop > 0, "data.crop", d.crop, "must be a positive number of pixels")
+    needs_root = d.name in ("celeba", "cifar10", "folder", "npz")
+    _require(not needs_root or bool(d.root), "data.root", d.root, f"data={d.name} needs data.root (see README, Data)")
     _require(m.width > 0, "model.width", m.width, "must be positive")
     _require(m.latent_dim > 0, "model.latent_dim", m.latent_dim, "must be positive")
     _require(m.vae or m.discriminator, "model.vae", m.vae, "a model needs model.vae or model.discriminator")

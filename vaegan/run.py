@@ -10,6 +10,7 @@ import hydra
 from omegaconf import DictConfig
 
 from vaegan.config import ConfigError, register_configs
+from vaegan.data.errors import DataError
 
 register_configs()
 
@@ -29,6 +30,8 @@ def main(cfg: DictConfig) -> float | None:
         metrics = train(cfg)
     except ConfigError as err:
         sys.exit(f"Config error: {err}")
+    except DataError as err:
+        sys.exit(f"Data error: {err}")
     return metrics.get("train/M")
 
 

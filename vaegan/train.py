@@ -12,16 +12,24 @@ from omegaconf import DictConfig, OmegaConf
 from vaegan.callbacks import ImageLogger, IterationCheckpoint, IterationProgressBar
 from vaegan.config import ConfigError, validate
 from vaegan.controller import EquilibriumCallback
-from vaegan.data import ImageDataModule, build_datamodule
+from vaegan.data import ArrayDataModule, build_datamodule
 from vaegan.module import VAEGANModule
 
 
-def build_datamodule_from(cfg: DictConfig) -> ImageDataModule:
+# Options that only some sources take (everything else in cfg.data is common to all).
+SOURCE_OPTIONS = {
+    "celeba": ("crop", "verify_checksums"), "cifar10": ("download", "verify_checksums"), "folder": ("crop",),
+    "npz": (), "digits": (), "synthetic": ("length",),
+}
+CACHED_OPTIONS = ("root", "cache_dir", "cache_workers", "on_bad_image")
+
+
+def build_datamodule_from(cfg: DictConfig) -> ArrayDataModule:
     d = cfg.data
-    kwargs = dict(batch_size=d.batch_size, image_size=d.image_size, channels=d.channels,
-                  num_workers=d.num_workers, val_fraction=d.val_fraction, seed=cfg.seed)
-    if d.name == "synthetic":
-        kwargs["length"] = d.length
+    kwargs = dict(batch_size=d.batch_size, image_size=d.image_size, channels=d.channels, num_workers=d.num_workers,
+                  val_fraction=d.val_fraction, seed=cfg.seed, flip=d.flip, train_split=d.train_split)
+    cached = d.name in ("celeba", "cifar10", "folder", "npz")
+    kwargs.update({key: d[key] for key in SOURCE_OPTIONS.get(d.name, ()) + (CACHED_OPTIONS if cached else ())})
     return build_datamodule(d.name, **kwargs)
 
 
@@ -83,6 +91,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     datamodule = build_datamodule_from(cfg)
     module = build_module(cfg)
+    warnings.filterwarnings("ignore", message=".*val_dataloader.* but have no `validation_step`")  # held-out data is for evaluation
     trainer = L.Trainer(
         **OmegaConf.to_container(cfg.trainer),
         max_steps=cfg.iterations * len(module.networks),  # Lightning counts optimizer steps

@@ -1,0 +1,58 @@
+"""Pixel transforms: the documented crop-and-resize (run once, when a cache is built) and the
+per-batch conversion to model input (run on the training device).
+
+The crop-and-resize equals ``torchvision.transforms.Compose([CenterCrop(c), Resize(S)])`` on a
+PIL image, bit for bit: crop first, then Pillow's bilinear resize, which antialiases when it
+shrinks. (Resizing with Pillow's ``box=`` argument instead of cropping is *not* equivalent: the
+filter then reads pixels outside the box.)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+MODES = {1: "L", 3: "RGB"}
+
+
+def center_crop_box(width: int, height: int, crop: int) -> tuple[int, int, int, int]:
+    """The (left, top, right, bottom) box of torchvision's CenterCrop(crop), with its rounding and,
+    for a crop larger than the image, its padding rule (extra column or row on the far side)."""
+
+    def offset(extent: int) -> int:
+        return int(round((extent - crop) / 2.0)) if crop <= extent else -((crop - extent) // 2)
+
+    left, top = offset(width), offset(height)
+    return left, top, left + crop, top + crop
+
+
+def crop_and_resize(img: Image.Image, size: int, crop: int | None = None, channels: int = 3) -> np.ndarray:
+    """CenterCrop(crop or the shorter side) then Resize(size), bilinear: (size, size, channels) uint8.
+
+    A crop larger than the image pads with black, as torchvision's CenterCrop does.
+    """
+    img = img.convert(MODES[channels])
+    crop = crop or min(img.size)
+    if img.size != (crop, crop):
+        img = img.crop(center_crop_box(*img.size, crop))  # Pillow pads with zeros outside the image
+    if img.size != (size, size):
+        img = img.resize((size, size), Image.BILINEAR)
+    out = np.asarray(img, dtype=np.uint8)
+    return out[..., None] if out.ndim == 2 else out
+
+
+def to_model_input(x: Tensor, flip: bool = False, generator: torch.Generator | None = None) -> Tensor:
+    """uint8 images (N, H, W, C) -> float (N, C, H, W) in [-1, 1], each image mirrored left-right
+    with probability 1/2 when ``flip``. Works on whole batches, on whatever device ``x`` lives."""
+    x = x.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0).contiguous()
+    if flip:
+        mirror = torch.rand(x.shape[0], device=x.device, generator=generator) < 0.5
+        x = torch.where(mirror[:, None, None, None], x.flip(-1), x)
+    return x
+
+
+def to_uint8(x: Tensor) -> Tensor:
+    """The inverse of ``to_model_input`` (without flips): float (N, C, H, W) -> uint8 (N, H, W, C)."""
+    return x.add(1.0).mul(127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
