@@ -1,8 +1,12 @@
 import os
+import pickle
+import shutil
+import struct
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 
@@ -38,3 +42,141 @@ def run_cli(*overrides: str, timeout: float = 300) -> subprocess.CompletedProces
         [sys.executable, "-m", "vaegan.run", *overrides], cwd=ROOT, env=env, capture_output=True, text=True,
         timeout=timeout,
     )
+
+
+# ------------------------------------------------------------------------------ real data
+# The project's shared data (../shared/data next to the repository; see README, Data). Tests never
+# copy it into the repository: they build layouts inside pytest's tmp_path and read the rest in place.
+SHARED = ROOT.parent / "shared" / "data"
+SHARED_CELEBA = SHARED / "celeba"
+
+
+def require_shared(*parts: str) -> Path:
+    """``SHARED/<parts>``, or skip the test when it is absent."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} not found: real-data tests need ../shared/data (see README)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    return require_shared()
+
+
+def celeba_jpegs() -> list[Path]:
+    """The 200 official aligned-and-cropped CelebA JPEGs of the shared portion, sorted by name."""
+    return sorted(require_shared("celeba", "img_align_celeba").glob("*.jpg"))
+
+
+def only_rows_for(src: Path, names: set[str], header: bool) -> bytes:
+    """An official-format CelebA annotation file reduced to the rows of ``names``: CRLF rows kept
+    byte for byte and, with ``header``, the count line rewritten and the names line kept."""
+    lines = src.read_bytes().splitlines(keepends=True)
+    head, rows = (lines[:2], lines[2:]) if header else ([], lines)
+    kept = [row for row in rows if row.split(maxsplit=1)[0].decode() in names]
+    if header:
+        head = [f"{len(kept)}\r\n".encode(), head[1]]
+    return b"".join(head + kept)
+
+
+def make_celeba_layout(data_root: Path, exact: bool = False, identity: bool = True) -> Path:
+    """torchvision's CelebA layout under ``data_root`` (copies of the 200 shared JPEGs): annotation
+    files listing all 4,020 shared images (only 200 present), or only the 200 with ``exact``."""
+    images = celeba_jpegs()
+    base = data_root / "celeba"
+    (base / "img_align_celeba").mkdir(parents=True)
+    for jpg in images:
+        shutil.copyfile(jpg, base / "img_align_celeba" / jpg.name)  # copyfile: writable copies
+    names = {jpg.name for jpg in images}
+    for src, dst, header in [("list_attr_celeba_subset.txt", "list_attr_celeba.txt", True),
+                             ("list_eval_partition_subset.txt", "list_eval_partition.txt", False),
+                             ("identity_CelebA_subset.txt", "identity_CelebA.txt", False)]:
+        if dst == "identity_CelebA.txt" and not identity:
+            continue
+        if exact:
+            (base / dst).write_bytes(only_rows_for(SHARED_CELEBA / src, names, header))
+        else:
+            shutil.copyfile(SHARED_CELEBA / src, base / dst)
+    return data_root
+
+
+@pytest.fixture
+def celeba_root(tmp_path) -> Path:
+    """A fresh, writable CelebA layout (200 images, the 4,020-row annotation files) in tmp_path."""
+    require_shared("celeba")
+    return make_celeba_layout(tmp_path / "data")
+
+
+@pytest.fixture(scope="session")
+def celeba_npz():
+    """The shared arrays of the documented transform, by size, with a filename -> row lookup."""
+    cache: dict[int, dict] = {}
+
+    def load(size: int = 64) -> dict:
+        if size not in cache:
+            name = {64: "celeba_64.npz", 128: "celeba_128_200.npz"}[size]
+            with np.load(require_shared("celeba", name)) as f:
+                arrays = {k: f[k] for k in f.files}
+            arrays["row"] = {str(n): i for i, n in enumerate(arrays["filenames"])}
+            cache[size] = arrays
+        return cache[size]
+
+    return load
+
+
+class _Py2Str(str):
+    """A str pickled as Python 2 pickles its byte strings (SHORT_BINSTRING), as in the official
+    CIFAR-10 batches: it loads as str with encoding="latin1" (torchvision) and as bytes with
+    encoding="bytes" (the loading code on the CIFAR-10 page: ``batch[b'data']``)."""
+
+
+class _Py2Pickler(pickle._Pickler):  # the pure-Python pickler, whose dispatch table can be extended
+    dispatch = pickle._Pickler.dispatch.copy()
+
+    def save_py2_str(self, obj: str) -> None:
+        data = obj.encode("latin1")
+        if len(data) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(data)]) + data)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(data)) + data)
+        self.memoize(obj)
+
+    dispatch[_Py2Str] = save_py2_str
+
+
+def write_py2_pickle(path: Path, obj: dict) -> None:
+    """Dict keys (and str list items) as Python 2 byte strings, protocol 2, like cifar-10-python."""
+
+    def convert(value):
+        if isinstance(value, dict):
+            return {_Py2Str(k): convert(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [_Py2Str(v) if isinstance(v, str) else v for v in value]
+        return value
+
+    with open(path, "wb") as f:
+        _Py2Pickler(f, protocol=2).dump(convert(obj))
+
+
+def write_cifar10_batches(data_root: Path, x: np.ndarray, labels: np.ndarray, class_names: list[str],
+                          sizes: tuple[int, ...]) -> Path:
+    """``<data_root>/cifar-10-batches-py/`` in the official format: data_batch_1..5 and test_batch
+    holding consecutive rows of x (sizes: six counts), batches.meta with the class names."""
+    folder = data_root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    assert len(sizes) == 6 and sum(sizes) == len(x)
+    start = 0
+    for name, n in zip(names, sizes):
+        rows = x[start:start + n]
+        write_py2_pickle(folder / name, {
+            "batch_label": f"{name} (made by the tests)",
+            "labels": [int(v) for v in labels[start:start + n]],
+            "data": np.ascontiguousarray(rows.transpose(0, 3, 1, 2)).reshape(n, 3072),  # CHW, flattened
+            "filenames": [f"{name}_{i}.png" for i in range(n)],
+        })
+        start += n
+    write_py2_pickle(folder / "batches.meta", {"label_names": list(class_names), "num_cases_per_batch": max(sizes),
+                                               "num_vis": 3072})
+    return data_root

@@ -24,6 +24,8 @@ import multiprocessing as mp
 import os
 import shutil
 import time
+import threading
+import zipfile
 import zlib
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -95,6 +97,8 @@ def open_cache(path: Path, key: dict) -> ImageArrays | None:
         meta = json.loads((path / "meta.json").read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise StaleCache(f"meta.json unreadable ({err})") from None
+    if not isinstance(meta, dict):
+        raise StaleCache("meta.json was edited (not a JSON object)")
     if meta.get("key_sha256") != digest(meta.get("key", {})):
         raise StaleCache("meta.json was edited (its key does not match its checksum)")
     if meta["key"] != key:
@@ -103,7 +107,7 @@ def open_cache(path: Path, key: dict) -> ImageArrays | None:
     file = path / "images.npy"
     try:
         images = np.load(file, mmap_mode="r")
-    except (OSError, ValueError) as err:  # a truncated file fails here ("mmap length is greater than file size")
+    except (OSError, ValueError, EOFError) as err:  # a truncated file fails here ("mmap length is greater than file size")
         raise StaleCache(f"images.npy unreadable ({err})") from None
     if images.dtype != np.uint8 or list(images.shape) != meta["shape"]:
         raise StaleCache(f"images.npy holds {images.dtype} {images.shape}, expected uint8 {tuple(meta['shape'])}")
@@ -112,7 +116,7 @@ def open_cache(path: Path, key: dict) -> ImageArrays | None:
         raise StaleCache(f"images.npy has {stat.st_size} bytes, expected {meta['images_bytes']} (truncated?)")
     crcs = meta["chunk_crc32"]
     chunks = range(len(crcs))
-    if stat.st_mtime_ns == meta["images_mtime_ns"]:  # untouched since the build: check a sample
+    if stat.st_mtime_ns == meta["images_mtime_ns"] and crcs:  # untouched since the build: check a sample
         chunks = sorted({0, len(crcs) - 1, *np.random.default_rng().integers(0, len(crcs), 2).tolist()})
     for c in chunks:
         if crc_of_rows(images, c * CHUNK_ROWS, (c + 1) * CHUNK_ROWS) != crcs[c]:
@@ -120,7 +124,7 @@ def open_cache(path: Path, key: dict) -> ImageArrays | None:
     try:
         with np.load(path / "arrays.npz", allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
         raise StaleCache(f"arrays.npz unreadable ({err})") from None
     excluded = np.array([b[0] for b in meta["excluded"]], dtype=np.int64)
     return ImageArrays(images, arrays, excluded, path)
@@ -130,8 +134,16 @@ def open_cache(path: Path, key: dict) -> ImageArrays | None:
 _worker: dict = {}
 
 
-def _init_worker(source: Source, size: int, channels: int, file: str) -> None:
+def _init_worker(source: Source, size: int, channels: int, file: str, parent: int | None = None) -> None:
     _worker.update(source=source, size=size, channels=channels, file=file)
+    if parent is not None:  # a worker outlives a SIGKILLed parent otherwise, blocked on its queue
+        threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+
+
+def _exit_with_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)
 
 
 def _fill_chunk(chunk: int) -> tuple[int, int, list[tuple[int, str, str]]]:
@@ -154,7 +166,8 @@ def _run_chunks(source: Source, size: int, channels: int, file: Path, workers: i
     n_chunks = -(-len(source) // CHUNK_ROWS)
     crcs, bad = [0] * n_chunks, []
     progress = Progress(TextColumn(f"[bold]caching {source.name} at {size}x{size}"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("images"), TimeRemainingColumn(), console=console, transient=True)
+                        TextColumn("images"), TimeRemainingColumn(), console=console, transient=True,
+                        disable=not console.is_terminal)
     task = progress.add_task("cache", total=len(source))
 
     def collect(chunk: int, crc: int, chunk_bad: list) -> None:
@@ -172,7 +185,8 @@ def _run_chunks(source: Source, size: int, channels: int, file: Path, workers: i
                 collect(*_fill_chunk(c))
         else:
             context = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-            with ProcessPoolExecutor(workers, context, _init_worker, (source, size, channels, str(file))) as pool:
+            initargs = (source, size, channels, str(file), os.getpid())
+            with ProcessPoolExecutor(min(workers, n_chunks), context, _init_worker, initargs) as pool:
                 pending = {pool.submit(_fill_chunk, c) for c in range(n_chunks)}
                 try:
                     while pending:
@@ -226,14 +240,17 @@ def build_cache(path: Path, key: dict, source: Source, workers: int, on_bad_imag
 
 @contextlib.contextmanager
 def locked(path: Path):
-    """Hold an exclusive lock on ``<path>.lock`` (waits while another process builds the cache)."""
+    """Hold an exclusive lock on ``<path>.lock`` (waits while another process builds the cache).
+
+    A POSIX record lock (``lockf``), not ``flock``: forked build workers do not inherit it, so a
+    killed build never leaves the lock held by orphaned workers."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_name(path.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        fcntl.lockf(lock, fcntl.LOCK_EX)
         try:
             yield
         finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+            fcntl.lockf(lock, fcntl.LOCK_UN)
 
 
 def load_or_build(source: Source, size: int, channels: int, cache_root: str | Path | None = None,

@@ -8,6 +8,8 @@ train/valid/test, CIFAR-10's train/test, an npz's ``partition``) or a seeded spl
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import lightning as L
 import numpy as np
 import torch
@@ -37,6 +39,8 @@ class CachedImages(Dataset):
         self.data, self.indices = data, np.asarray(indices, dtype=np.int64)
         if target is not None and target not in data.arrays:
             raise DataError(f"this dataset has no {target!r}; it has {sorted(data.arrays)}")
+        if target is not None and not np.issubdtype(np.asarray(data.arrays[target]).dtype, np.number):
+            raise DataError(f"target {target!r} is not numeric; read it from dm.data.arrays[{target!r}] instead")
         self.target = None if target is None else torch.from_numpy(np.asarray(data.arrays[target])[self.indices])
 
     def __len__(self) -> int:
@@ -172,7 +176,9 @@ class CachedDataModule(ArrayDataModule):
         super().__init__(**kwargs)
         if on_bad_image not in ("error", "skip"):
             raise DataError(f"data.on_bad_image={on_bad_image!r}: use error or skip")
-        self.root, self.cache_dir, self.cache_workers, self.on_bad_image = root, cache_dir, cache_workers, on_bad_image
+        self.root = None if root is None else str(Path(root).expanduser())
+        self.cache_dir = None if cache_dir is None else str(Path(cache_dir).expanduser())
+        self.cache_workers, self.on_bad_image = cache_workers, on_bad_image
 
     def source(self) -> Source:
         raise NotImplementedError

@@ -282,6 +282,8 @@ class NpzSource(ArraySource):
         if x is None or x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] not in (1, 3):
             got = "no array x" if x is None else f"x {x.dtype} {x.shape}"
             raise DataError(f"data=npz: {self.path} has {got} (keys: {sorted(contents)}); it needs x: uint8 (N, H, W, C) with C = 1 or 3")
+        if len(x) == 0:
+            raise DataError(f"data=npz: {self.path}: x holds no images")
         for key in self.PER_IMAGE:
             if key in contents and len(contents[key]) != len(x):
                 raise DataError(f"data=npz: {self.path}: {key} has {len(contents[key])} rows but x has {len(x)} images")

@@ -46,11 +46,15 @@ def crop_and_resize(img: Image.Image, size: int, crop: int | None = None, channe
 def to_model_input(x: Tensor, flip: bool = False, generator: torch.Generator | None = None) -> Tensor:
     """uint8 images (N, H, W, C) -> float (N, C, H, W) in [-1, 1], each image mirrored left-right
     with probability 1/2 when ``flip``. Works on whole batches, on whatever device ``x`` lives."""
-    x = x.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0).contiguous()
-    if flip:
+    if flip:  # on the uint8 pixels: a quarter of the bytes of the floats
         mirror = torch.rand(x.shape[0], device=x.device, generator=generator) < 0.5
-        x = torch.where(mirror[:, None, None, None], x.flip(-1), x)
-    return x
+        if x.device.type == "cpu":  # copy only the mirrored images
+            rows = mirror.nonzero().squeeze(1)
+            x = x.index_copy(0, rows, x.index_select(0, rows).flip(2))
+        else:  # no nonzero(): it would wait for the device
+            x = torch.where(mirror[:, None, None, None], x.flip(2), x)
+    x = x.permute(0, 3, 1, 2).to(torch.float32, memory_format=torch.contiguous_format)
+    return x.mul_(1 / 127.5).sub_(1.0)
 
 
 def to_uint8(x: Tensor) -> Tensor:
