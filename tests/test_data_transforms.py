@@ -8,7 +8,7 @@ from PIL import Image
 from torchvision import transforms as T
 
 from tests.conftest import celeba_jpegs
-from vaegan.data.transforms import center_crop_box, crop_and_resize, to_model_input, to_uint8
+from vaegan.data.transforms import center_crop_box, crop_and_resize, mirror_rows, to_model_input, to_uint8
 
 
 def torchvision_reference(img: Image.Image, crop: int, size: int) -> np.ndarray:
@@ -122,3 +122,13 @@ def test_to_uint8_inverts_to_model_input():
     back = to_uint8(to_model_input(x))
     assert back.dtype == torch.uint8 and back.shape == x.shape and torch.equal(back, x)
     assert to_uint8(torch.full((1, 1, 2, 2), 3.0)).max() == 255  # out of range clamps
+
+
+def test_both_ways_of_mirroring_agree():
+    """The CPU path (copy the selected images) and the GPU path (one where) give the same batch."""
+    x = torch.randint(0, 256, (6, 5, 7, 3), dtype=torch.uint8)
+    mirror = torch.tensor([True, False, False, True, True, False])
+    selected, where = mirror_rows(x, mirror, select=True), mirror_rows(x, mirror, select=False)
+    assert torch.equal(selected, where)
+    assert torch.equal(selected[0], x[0].flip(1)) and torch.equal(selected[1], x[1])
+    assert torch.equal(mirror_rows(x, torch.zeros(6, dtype=torch.bool), select=True), x)
