@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from vaegan.callbacks import ImageLogger, IterationCheckpoint, IterationProgressBar
 from vaegan.config import ConfigError, validate
 from vaegan.controller import EquilibriumCallback
-from vaegan.data import ArrayDataModule, build_datamodule
+from vaegan.data import DATAMODULES, ArrayDataModule, CachedDataModule, build_datamodule
 from vaegan.module import VAEGANModule
 
 
@@ -21,14 +21,14 @@ SOURCE_OPTIONS = {
     "celeba": ("crop", "verify_checksums"), "cifar10": ("download", "verify_checksums"), "folder": ("crop",),
     "npz": (), "digits": (), "synthetic": ("length",),
 }
-CACHED_OPTIONS = ("root", "cache_dir", "cache_workers", "on_bad_image")
+CACHED_OPTIONS = ("root", "cache_dir", "cache_workers", "on_bad_image")  # sources read through the cache
 
 
 def build_datamodule_from(cfg: DictConfig) -> ArrayDataModule:
     d = cfg.data
     kwargs = dict(batch_size=d.batch_size, image_size=d.image_size, channels=d.channels, num_workers=d.num_workers,
                   val_fraction=d.val_fraction, seed=cfg.seed, flip=d.flip, train_split=d.train_split)
-    cached = d.name in ("celeba", "cifar10", "folder", "npz")
+    cached = issubclass(DATAMODULES.get(d.name, ArrayDataModule), CachedDataModule)
     kwargs.update({key: d[key] for key in SOURCE_OPTIONS.get(d.name, ()) + (CACHED_OPTIONS if cached else ())})
     return build_datamodule(d.name, **kwargs)
 

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import PIL
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -65,7 +66,7 @@ def default_cache_dir() -> Path:
 
 
 def cache_key(source: Source, size: int, channels: int) -> dict:
-    transform = f"CenterCrop({source.crop or 'shorter side'}) + Resize({size}) bilinear, PIL {__import__('PIL').__version__}"
+    transform = f"CenterCrop({source.crop or 'shorter side'}) + Resize({size}) bilinear, PIL {PIL.__version__}"
     return {"version": VERSION, "source": source.name, "location": source.location(), "size": size,
             "channels": channels, "transform": transform, "content": source.fingerprint()}
 

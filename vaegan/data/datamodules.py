@@ -220,9 +220,7 @@ class FolderDataModule(CachedDataModule):
         self.crop = crop
 
     def source(self) -> Source:
-        source = FolderSource(self.root)
-        source.crop = self.crop
-        return source
+        return FolderSource(self.root, self.crop)
 
 
 class NpzDataModule(CachedDataModule):

@@ -218,8 +218,8 @@ class FolderSource(FileSource):
 
     name = "folder"
 
-    def __init__(self, root: str | Path):
-        self.root = Path(root)
+    def __init__(self, root: str | Path, crop: int | None = None):
+        self.root, self.crop = Path(root), crop
         if not self.root.is_dir():
             raise DataError(f"data=folder: data.root={root} is not a directory; point data.root at a folder of images ({', '.join(IMAGE_EXTENSIONS)}, any depth)")
         self.files = sorted(
