@@ -10,7 +10,6 @@ import hydra
 from omegaconf import DictConfig
 
 from vaegan.config import ConfigError, register_configs
-from vaegan.data.errors import DataError
 
 register_configs()
 
@@ -18,7 +17,8 @@ register_configs()
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Trains one run; returns the final convergence measure M (the objective sweeps minimise)."""
-    from vaegan.train import train  # imported here so that --help and config errors stay fast
+    from vaegan.data import DataError  # imported here, like train, so that --help and config errors stay fast
+    from vaegan.train import train
 
     # Hydra's logging config already prints to the console and run.log; Lightning's own
     # console handler would print every message twice.
