@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install train test clean
+.PHONY: install train test table1-cpu clean
 
 install: $(STAMP)
 
@@ -19,6 +19,10 @@ train: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest $(ARGS)
+
+# Table 1 at CPU scale on the shared CIFAR-10 subset (README, Reproducing Table 1): under an hour.
+table1-cpu: $(STAMP)
+	$(PY) experiments/table1.py --scale cpu $(ARGS)
 
 clean:
 	rm -rf outputs multirun .pytest_cache

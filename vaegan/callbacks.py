@@ -47,13 +47,18 @@ class IterationCheckpoint(L.Callback):
             self.save_last(trainer, pl_module.iteration)
 
     def save_last(self, trainer: L.Trainer, iteration: int) -> None:
-        path = self.dirpath / "last.ckpt"
-        tmp = path.with_name(".last.ckpt.tmp")
-        trainer.save_checkpoint(tmp, weights_only=False)  # full state: optimizers, callbacks, loops
-        if trainer.is_global_zero:
-            os.replace(tmp, path)
-        trainer.strategy.barrier("IterationCheckpoint.save_last")
+        save_checkpoint_atomically(trainer, self.dirpath / "last.ckpt")
         self._saved_at = iteration
+
+
+def save_checkpoint_atomically(trainer: L.Trainer, path: Path) -> None:
+    """The full training state (optimizers, callbacks, loops) to ``path`` through a temporary file,
+    so an interrupted write never replaces a good checkpoint. Called on every rank."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    trainer.save_checkpoint(tmp, weights_only=False)
+    if trainer.is_global_zero:
+        os.replace(tmp, path)
+    trainer.strategy.barrier("save_checkpoint_atomically")
 
 
 class ImageLogger(L.Callback):

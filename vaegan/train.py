@@ -6,6 +6,7 @@ import warnings
 from pathlib import Path
 
 import lightning as L
+import torch
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
@@ -13,6 +14,9 @@ from vaegan.callbacks import ImageLogger, IterationCheckpoint, IterationProgress
 from vaegan.config import ConfigError, validate
 from vaegan.controller import EquilibriumCallback
 from vaegan.data import DATAMODULES, ArrayDataModule, CachedDataModule, build_datamodule
+from vaegan.metrics import Extractor
+from vaegan.metrics.callback import EvaluationCallback
+from vaegan.metrics.settings import evaluation_kwargs, extractor_from, resolve_device
 from vaegan.module import VAEGANModule
 
 
@@ -43,12 +47,17 @@ def build_module(cfg: DictConfig) -> VAEGANModule:
     )
 
 
-def build_callbacks(cfg: DictConfig, module: VAEGANModule, out: Path) -> list[L.Callback]:
+def build_callbacks(cfg: DictConfig, module: VAEGANModule, out: Path, extractor: Extractor | None = None) -> list[L.Callback]:
     c = cfg.callbacks
     callbacks: list[L.Callback] = [
         IterationCheckpoint(out / "checkpoints", c.checkpoint.every_n_iterations, c.checkpoint.keep_every_n_iterations),
         ImageLogger(out, c.images.every_n_iterations, c.images.num_samples, c.images.num_reconstructions, cfg.seed),
     ]
+    if extractor is not None:  # before IterationCheckpoint, so that last.ckpt holds the best FID so far
+        protocol = evaluation_kwargs(cfg.metrics, torch.device("cpu"))
+        protocol.update(num_samples=c.evaluation.num_samples)
+        callbacks.insert(0, EvaluationCallback(extractor, out / "checkpoints", c.evaluation.every_n_iterations,
+                                               c.evaluation.keep_best, **protocol))
     if module.discriminator is not None:  # first, so that checkpoints hold k_t after its update
         callbacks.insert(0, EquilibriumCallback(**OmegaConf.to_container(cfg.model.controller)))
     if c.progress_bar.enabled:
@@ -84,6 +93,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     validate(cfg)
     if cfg.ckpt_path is not None and not Path(cfg.ckpt_path).is_file():
         raise ConfigError(f"ckpt_path={cfg.ckpt_path!r}: no such checkpoint file (resume from <run dir>/checkpoints/last.ckpt)")
+    # The Inception weights are checked before anything else, so an offline machine fails in seconds.
+    extractor = None
+    if cfg.callbacks.evaluation.every_n_iterations:
+        extractor = extractor_from(cfg.metrics, resolve_device(cfg.metrics.device))
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
@@ -96,7 +109,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         **OmegaConf.to_container(cfg.trainer),
         max_steps=cfg.iterations * len(module.networks),  # Lightning counts optimizer steps
         max_epochs=-1,
-        callbacks=build_callbacks(cfg, module, out),
+        callbacks=build_callbacks(cfg, module, out, extractor),
         logger=build_loggers(cfg, out) or False,
         default_root_dir=out,
         enable_checkpointing=False,  # IterationCheckpoint writes checkpoints by iteration

