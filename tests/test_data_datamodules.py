@@ -69,11 +69,12 @@ def test_three_channel_digits_repeat_gray():
     assert torch.equal(x, to_model_input(torch.from_numpy(dm.data.images[dm.splits["valid"][:4]])))
 
 
-def test_split_is_seeded():
-    a, b, c = (DigitsDataModule(seed=s) for s in (0, 0, 1))
-    for dm in (a, b, c):
+def test_split_is_seeded_by_split_seed_not_by_the_runs_seed():
+    a, b, c, d = (DigitsDataModule(seed=s, split_seed=t) for s, t in ((0, 0), (1, 0), (0, 1), (0, 0)))
+    for dm in (a, b, c, d):
         dm.setup()
-    assert np.array_equal(a.splits["valid"], b.splits["valid"])
+    assert np.array_equal(a.splits["valid"], d.splits["valid"])
+    assert np.array_equal(a.splits["valid"], b.splits["valid"])  # every seed of a sweep: the same split
     assert not np.array_equal(a.splits["valid"], c.splits["valid"])
     for dm in (a, c):  # disjoint and complete
         assert sorted(np.concatenate([dm.splits["train"], dm.splits["valid"]]).tolist()) == list(range(1797))
@@ -290,9 +291,9 @@ def test_npz_without_partition_gets_a_seeded_split(tmp_path):
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "d.npz", x=rng.integers(0, 256, (50, 16, 16, 3), dtype=np.uint8), y=np.arange(50) % 5)
 
-    def splits(seed: int) -> dict:
+    def splits(split_seed: int) -> dict:
         dm = NpzDataModule(root=str(tmp_path / "d.npz"), cache_dir=str(tmp_path / "cache"), image_size=16,
-                           batch_size=4, val_fraction=0.2, seed=seed, cache_workers=1)
+                           batch_size=4, val_fraction=0.2, split_seed=split_seed, cache_workers=1)
         dm.setup()
         return dm.splits
 

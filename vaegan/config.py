@@ -58,6 +58,7 @@ class DataConfig:
     channels: int = 3
     num_workers: int = 0  # DataLoader worker processes
     val_fraction: float = 0.1  # folder/npz/digits/synthetic without a partition: seeded held-out fraction
+    split_seed: int = 0  # seeds that held-out split (not the run's seed: every seed of a sweep sees the same split)
     train_split: str = "train"  # train (the source's training split) or all
     flip: bool = False  # random horizontal flips of training batches, on the device
     crop: Optional[int] = None  # CenterCrop size before the resize (celeba: 178; others: the shorter side)

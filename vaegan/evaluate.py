@@ -59,7 +59,7 @@ def compose_config(overrides: list[str]) -> tuple[DictConfig, Path]:
         if key == "experiment" or key.startswith("hydra"):
             raise ConfigError(f"{override.input_line}: evaluate reads the run's config.yaml; override single keys")
         if key == "seed":
-            raise ConfigError("seed is the run's training seed (it fixes the data split); the evaluation's is metrics.seed")
+            raise ConfigError("seed is the run's training seed, recorded with the result; the evaluation's is metrics.seed")
         OmegaConf.update(cfg, key, OmegaConf.select(composed, key), merge=False)
     return cfg, ckpt
 

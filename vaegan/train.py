@@ -31,7 +31,8 @@ CACHED_OPTIONS = ("root", "cache_dir", "cache_workers", "on_bad_image")  # sourc
 def build_datamodule_from(cfg: DictConfig) -> ArrayDataModule:
     d = cfg.data
     kwargs = dict(batch_size=d.batch_size, image_size=d.image_size, channels=d.channels, num_workers=d.num_workers,
-                  val_fraction=d.val_fraction, seed=cfg.seed, flip=d.flip, train_split=d.train_split)
+                  val_fraction=d.val_fraction, seed=cfg.seed, flip=d.flip, train_split=d.train_split,
+                  split_seed=d.split_seed)
     cached = issubclass(DATAMODULES.get(d.name, ArrayDataModule), CachedDataModule)
     kwargs.update({key: d[key] for key in SOURCE_OPTIONS.get(d.name, ()) + (CACHED_OPTIONS if cached else ())})
     return build_datamodule(d.name, **kwargs)

@@ -74,13 +74,17 @@ class ArrayDataModule(L.LightningDataModule):
     """Splits, loaders and the on-device transform, for any source loaded as ``ImageArrays``."""
 
     def __init__(self, batch_size: int = 16, image_size: int = 32, channels: int = 3, num_workers: int = 0,
-                 val_fraction: float = 0.1, seed: int = 0, flip: bool = False, train_split: str = "train"):
+                 val_fraction: float = 0.1, seed: int = 0, flip: bool = False, train_split: str = "train",
+                 split_seed: int = 0):
+        """``seed`` (the run's) seeds the flips; ``split_seed`` the held-out split of sources without
+        a partition, apart from the run's seed so that every seed of a sweep trains on, and is
+        evaluated against, the same images."""
         super().__init__()
         if train_split not in ("train", "all"):
             raise DataError(f"data.train_split={train_split!r}: use train (the source's training split) or all")
         self.batch_size, self.image_size, self.channels = batch_size, image_size, channels
         self.num_workers, self.val_fraction, self.seed = num_workers, val_fraction, seed
-        self.flip, self.train_split = flip, train_split
+        self.flip, self.train_split, self.split_seed = flip, train_split, split_seed
         self.data: ImageArrays | None = None
         self.splits: dict[str, np.ndarray] = {}
 
@@ -104,7 +108,7 @@ class ArrayDataModule(L.LightningDataModule):
             part = self.data.arrays["partition"][usable]
             splits = {name: usable[part == code] for name, code in PARTITIONS.items()}
         else:
-            order = usable[np.random.default_rng(self.seed).permutation(len(usable))]
+            order = usable[np.random.default_rng(self.split_seed).permutation(len(usable))]
             n_val = int(len(usable) * self.val_fraction)
             splits = {"train": np.sort(order[n_val:]), "valid": np.sort(order[:n_val]), "test": order[:0]}
         if self.train_split == "all":
