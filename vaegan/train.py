@@ -55,8 +55,7 @@ def build_callbacks(cfg: DictConfig, module: VAEGANModule, out: Path, extractor:
         ImageLogger(out, c.images.every_n_iterations, c.images.num_samples, c.images.num_reconstructions, cfg.seed),
     ]
     if extractor is not None:  # before IterationCheckpoint, so that last.ckpt holds the best FID so far
-        protocol = evaluation_kwargs(cfg.metrics, torch.device("cpu"))
-        protocol.update(num_samples=c.evaluation.num_samples)
+        protocol = {**evaluation_kwargs(cfg.metrics, torch.device("cpu")), "num_samples": c.evaluation.num_samples}
         callbacks.insert(0, EvaluationCallback(extractor, out / "checkpoints", c.evaluation.every_n_iterations,
                                                c.evaluation.keep_best, **protocol))
     if module.discriminator is not None:  # first, so that checkpoints hold k_t after its update

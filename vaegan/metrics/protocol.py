@@ -7,9 +7,9 @@ be reused under a different protocol by mistake.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import asdict, dataclass, fields
+
+from vaegan.data.cache import digest
 
 # Fields the generated side alone depends on: changing them does not change the reference features,
 # so in-training evaluation (a few thousand samples) and the final one (50,000) share them.
@@ -46,14 +46,10 @@ class Protocol:
         return asdict(self)
 
     def key(self) -> str:
-        return digest(self.as_dict())
+        return digest(self.as_dict())[:16]
 
     def reference_key(self) -> str:
-        return digest({k: v for k, v in self.as_dict().items() if k not in GENERATED_ONLY})
+        return digest({k: v for k, v in self.as_dict().items() if k not in GENERATED_ONLY})[:16]
 
     def lines(self) -> list[str]:
         return [f"{f.name}: {getattr(self, f.name)}" for f in fields(self)]
-
-
-def digest(fields_: dict) -> str:
-    return hashlib.sha256(json.dumps(fields_, sort_keys=True).encode()).hexdigest()[:16]
