@@ -3,6 +3,7 @@
 import csv
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -59,6 +60,37 @@ def test_every_output_is_written(trained_run):
     assert not list(trained_run.rglob("*.tmp"))
     samples = (trained_run / "samples" / "iter_0000040.png").read_bytes()
     assert samples[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_every_panel_is_written_and_logged_to_tensorboard(trained_run):
+    from PIL import Image
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    panels = ("samples", "reconstructions", "discriminator", "interpolations")
+    for panel in panels:
+        assert sorted(p.name for p in (trained_run / panel).glob("*.png")) == ["iter_0000020.png", "iter_0000040.png"]
+    # 4 pairs of fixed real 16x16 digits, 8 steps between them plus the two real images: 10 columns
+    assert Image.open(trained_run / "interpolations" / "iter_0000040.png").size == (10 * 18 + 2, 4 * 18 + 2)
+    events = EventAccumulator(str(trained_run / "tensorboard"), size_guidance={"images": 0})
+    events.Reload()
+    for panel in panels:
+        assert [e.step for e in events.Images(f"images/{panel}")] == [20, 40], panel
+
+
+def test_loggers_with_log_image_get_uint8_pixels():
+    from vaegan.callbacks import log_picture
+
+    class Recorder:
+        def log_image(self, key, images, step):
+            self.call = (key, images, step)
+
+    picture = torch.rand(3, 5, 7)
+    recorder = Recorder()
+    log_picture([recorder], "images/samples", picture, 12)
+    key, [pixels], step = recorder.call
+    assert (key, step) == ("images/samples", 12)
+    assert pixels.dtype == np.uint8 and pixels.shape == (5, 7, 3)
+    assert np.array_equal(pixels, (picture * 255).round().byte().permute(1, 2, 0).numpy())
 
 
 def test_checkpoint_loads_into_the_public_api(trained_run):

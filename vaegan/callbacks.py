@@ -15,7 +15,9 @@ import torch
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from torchvision.utils import make_grid, save_image
+from torchvision.utils import save_image
+
+from vaegan import panels
 
 
 class IterationCheckpoint(L.Callback):
@@ -62,25 +64,28 @@ def save_checkpoint_atomically(trainer: L.Trainer, path: Path) -> None:
 
 
 class ImageLogger(L.Callback):
-    """PNG grids of samples from a fixed z and of reconstructions of fixed real images.
+    """The panels of ``vaegan.panels.training_panels``, every ``every_n_iterations`` and at the end:
 
-    ``samples/iter_XXXXXXX.png``: F_vae-d(z) for the same z every time, so grids are comparable.
-    ``reconstructions/iter_XXXXXXX.png``: each real image x beside its VAE reconstruction
-    x_v = F_vae-d(mu_v(x)), or beside the discriminator's x'_d for models without an encoder.
-    The same grids go to TensorBoard when it is active. Written by rank 0 only.
+    ``samples/``: F_vae-d(z) for the same z every time, so grids are comparable over training;
+    ``reconstructions/``: fixed real images, each beside its VAE reconstruction F_vae-d(mu_v(x))
+    (the discriminator's x'_d for models without an encoder); ``discriminator/``: Fig. 4, generated
+    and real images with the discriminator's reconstructions; ``interpolations/``: Fig. 6 between
+    pairs of the fixed real images (of fixed codes without an encoder). Each is a PNG
+    ``<panel>/iter_XXXXXXX.png`` in the run directory and an image in every logger that takes
+    images (TensorBoard; any logger with ``log_image``, such as W&B's, as uint8). Rank 0 only.
     """
 
     def __init__(self, dirpath: str | Path, every_n_iterations: int = 500, num_samples: int = 64,
-                 num_reconstructions: int = 32, seed: int = 0):
+                 num_reconstructions: int = 32, seed: int = 0, num_interpolations: int = 4, interpolation_steps: int = 8):
         self.dirpath = Path(dirpath)
         self.every, self.num_samples, self.num_reconstructions = every_n_iterations, num_samples, num_reconstructions
-        self.seed = seed
+        self.seed, self.pairs, self.steps = seed, num_interpolations, interpolation_steps
         self._written_at = -1
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         gen = torch.Generator().manual_seed(self.seed)
-        self.z = torch.randn(self.num_samples, pl_module.hparams.latent_dim, generator=gen)
-        self.x = trainer.datamodule.fixed_images(self.num_reconstructions)
+        self.z = torch.randn(max(self.num_samples, 2 * self.pairs), pl_module.hparams.latent_dim, generator=gen)
+        self.x = trainer.datamodule.fixed_images(max(self.num_reconstructions, 2 * self.pairs))
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         if pl_module.iteration % self.every == 0:
@@ -90,35 +95,29 @@ class ImageLogger(L.Callback):
         if pl_module.iteration != self._written_at:
             self.write(trainer, pl_module)
 
-    @torch.no_grad()
     def grids(self, pl_module: L.LightningModule) -> dict[str, torch.Tensor]:
-        samples = pl_module.decode(self.z.to(pl_module.device))
-        x = self.x.to(pl_module.device)
-        if pl_module.encoder is not None:
-            rec = pl_module.decode(pl_module.encode(x)[0])
-        else:
-            rec = pl_module.discriminate(x)[1]
-        pairs = torch.stack([x, rec], dim=1).flatten(0, 1)  # x0, rec0, x1, rec1, ...
-        as_grid = dict(normalize=True, value_range=(-1, 1))
-        return {
-            "samples": make_grid(samples.float().cpu(), nrow=8, **as_grid),
-            "reconstructions": make_grid(pairs.float().cpu(), nrow=8, **as_grid),
-        }
+        return panels.training_panels(pl_module, self.z[:self.num_samples], self.x[:self.num_reconstructions],
+                                      self.pairs, self.steps, x_pairs=self.x, z_pairs=self.z)
 
     def write(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         it = self._written_at = pl_module.iteration
         if not trainer.is_global_zero:
             return
-        was_training = pl_module.training
-        pl_module.eval()
-        grids = self.grids(pl_module)
-        pl_module.train(was_training)
-        for name, grid in grids.items():
+        for name, picture in self.grids(pl_module).items():
             (self.dirpath / name).mkdir(parents=True, exist_ok=True)
-            save_image(grid, self.dirpath / name / f"iter_{it:07d}.png")
-            for logger in trainer.loggers:
-                if isinstance(logger, TensorBoardLogger):
-                    logger.experiment.add_image(f"images/{name}", grid, global_step=it)
+            save_image(picture, self.dirpath / name / f"iter_{it:07d}.png")
+            log_picture(trainer.loggers, f"images/{name}", picture, it)
+
+
+def log_picture(loggers: list, key: str, picture: torch.Tensor, step: int) -> None:
+    """A (3, H, W) picture in [0, 1] to every logger that takes images: TensorBoard's add_image,
+    or ``log_image`` (W&B's signature) with uint8 HWC pixels, which no logger can misread."""
+    for logger in loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_image(key, picture, global_step=step)
+        elif hasattr(logger, "log_image"):
+            pixels = picture.mul(255).round().clamp(0, 255).byte().permute(1, 2, 0).numpy()
+            logger.log_image(key=key, images=[pixels], step=step)
 
 
 class IterationProgressBar(ProgressBar):

@@ -112,6 +112,8 @@ class ImagesConfig:
     every_n_iterations: int = 500
     num_samples: int = 64
     num_reconstructions: int = 32
+    num_interpolations: int = 4  # interpolation strips between pairs of the fixed real images (0 = none)
+    interpolation_steps: int = 8
 
 
 @dataclass
@@ -220,6 +222,9 @@ def validate(cfg: DictConfig) -> None:
     for key in ("checkpoint", "images"):
         n = cfg.callbacks[key].every_n_iterations
         _require(n >= 1, f"callbacks.{key}.every_n_iterations", n, "must be >= 1")
+    im = cfg.callbacks.images
+    _require(im.num_interpolations >= 0, "callbacks.images.num_interpolations", im.num_interpolations, ">= 0 (0 = none)")
+    _require(im.interpolation_steps >= 2, "callbacks.images.interpolation_steps", im.interpolation_steps, "must be >= 2")
     ev = cfg.callbacks.evaluation
     _require(ev.every_n_iterations >= 0, "callbacks.evaluation.every_n_iterations", ev.every_n_iterations, ">= 0 (0 = off)")
     _require(ev.num_samples >= 2, "callbacks.evaluation.num_samples", ev.num_samples, "must be >= 2")

@@ -83,6 +83,21 @@ def write_metrics(run_dir: Path, record: dict) -> Path:
     return path
 
 
+def load_checkpoint(cfg: DictConfig, ckpt: Path, device):
+    """The checkpoint's model (read with ``weights_only=True``) and iteration, checked against the
+    data settings of ``cfg``; ConfigError names any mismatch."""
+    from vaegan.module import VAEGANModule
+
+    try:
+        module, iteration = VAEGANModule.from_checkpoint(ckpt, device)
+    except ValueError as err:
+        raise ConfigError(f"ckpt_path: {err}") from None
+    for key in ("image_size", "channels"):
+        if cfg.data[key] != module.hparams[key]:
+            raise ConfigError(f"data.{key}={cfg.data[key]} but the checkpoint's model was trained with {module.hparams[key]}")
+    return module, iteration
+
+
 def evaluate(cfg: DictConfig, ckpt: Path) -> tuple[dict, Path]:
     """Evaluates ``ckpt`` under ``cfg.metrics``; returns the metrics.json record and its path."""
     import torch
@@ -90,20 +105,13 @@ def evaluate(cfg: DictConfig, ckpt: Path) -> tuple[dict, Path]:
 
     from vaegan.metrics import evaluate_generator
     from vaegan.metrics.settings import evaluation_kwargs, extractor_from, resolve_device
-    from vaegan.module import VAEGANModule
     from vaegan.train import build_datamodule_from
 
     validate(cfg)
     device = resolve_device(cfg.metrics.device)
     extractor = extractor_from(cfg.metrics, device)  # first: an offline machine fails here, in seconds
-    try:
-        module, iteration = VAEGANModule.from_checkpoint(ckpt, device)
-    except ValueError as err:
-        raise ConfigError(f"ckpt_path: {err}") from None
+    module, iteration = load_checkpoint(cfg, ckpt, device)
     hp = module.hparams
-    for key in ("image_size", "channels"):
-        if cfg.data[key] != hp[key]:
-            raise ConfigError(f"data.{key}={cfg.data[key]} but the checkpoint's model was trained with {hp[key]}")
     dm = build_datamodule_from(cfg)
     dm.prepare_data()
     dm.setup()

@@ -11,15 +11,15 @@ import csv
 import io
 import json
 import math
-import os
 import re
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from omegaconf import OmegaConf
+
+from vaegan.files import write_atomic
 
 # Inception Scores of Table 1 of Khan et al. 2018 (CIFAR-10); began_pid and vae are not in it.
 PAPER_TABLE1 = {"began": 5.62, "began_pid_lsm": 6.12, "vaegan": 6.80, "real images": 11.24}
@@ -164,20 +164,6 @@ def summarize(runs: list[Run]) -> list[dict]:
         rows.append({**dict.fromkeys(COLUMNS), "variant": REAL, "runs": len(reference), "is_mean": is_mean,
                      "is_std": is_std, "paper_is": PAPER_TABLE1[REAL]})
     return rows
-
-
-def write_atomic(path: Path, write) -> Path:
-    """Calls ``write(tmp_path)`` on a temporary file next to ``path``, then renames it into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the report from other users
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
 
 
 def _cell(v) -> str:

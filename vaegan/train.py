@@ -52,7 +52,8 @@ def build_callbacks(cfg: DictConfig, module: VAEGANModule, out: Path, extractor:
     c = cfg.callbacks
     callbacks: list[L.Callback] = [
         IterationCheckpoint(out / "checkpoints", c.checkpoint.every_n_iterations, c.checkpoint.keep_every_n_iterations),
-        ImageLogger(out, c.images.every_n_iterations, c.images.num_samples, c.images.num_reconstructions, cfg.seed),
+        ImageLogger(out, c.images.every_n_iterations, c.images.num_samples, c.images.num_reconstructions, cfg.seed,
+                    c.images.num_interpolations, c.images.interpolation_steps),
     ]
     if extractor is not None:  # before IterationCheckpoint, so that last.ckpt holds the best FID so far
         protocol = {**evaluation_kwargs(cfg.metrics, torch.device("cpu")), "num_samples": c.evaluation.num_samples}

@@ -1,0 +1,42 @@
+"""``python -m vaegan.explore <command> ckpt_path=<ckpt> [options] [config overrides]``: the latent
+space of a trained model (paper Sec. 5.5, Figs. 4, 6 and 8).
+
+Commands: ``sample``, ``reconstruct``, ``interpolate``, ``attributes``, ``edit``. Options are the
+fields of ``options.Options``; any other key overrides the run's own ``config.yaml`` (typically
+``data.root=...``), exactly as in ``python -m vaegan.evaluate``. Outputs go to ``<run dir>/explore``
+(or ``out=<dir>``), each beside a ``.json`` that records the command, its arguments and the
+checkpoint's hash. ``options`` parses the command line, ``commands.Explorer`` runs the commands.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from vaegan.explore.options import USAGE, ExploreError, Options, parse
+
+__all__ = ["main", "ExploreError", "Options", "parse"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help") or any(a in ("-h", "--help") for a in argv):
+        print(USAGE, file=sys.stdout if argv else sys.stderr)
+        return 0 if argv else 2
+    from rich.console import Console
+
+    from vaegan.config import ConfigError
+    from vaegan.data import DataError
+    from vaegan.explore.commands import Explorer
+    from vaegan.metrics import MetricsError
+
+    console = Console(soft_wrap=True, width=max(Console().width, 132))  # whole table rows in logs too
+    try:
+        command, options, overrides = parse(argv)
+        explorer = Explorer(command, options, overrides, console)
+        getattr(explorer, command)()
+    except (ConfigError, ExploreError, DataError, MetricsError) as err:
+        kind = next(k for t, k in [(ExploreError, "Explore"), (ConfigError, "Config"), (DataError, "Data"),
+                                   (MetricsError, "Metrics")] if isinstance(err, t))
+        print(f"{kind} error: {err}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,5 @@
+import sys
+
+from vaegan.explore import main
+
+sys.exit(main())

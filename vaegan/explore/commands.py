@@ -1,0 +1,273 @@
+"""The commands of ``python -m vaegan.explore``: one ``Explorer`` method each, on one checkpoint."""
+
+from __future__ import annotations
+
+import difflib
+import json
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from torchvision.utils import save_image
+
+from vaegan import classifier, latent, panels
+from vaegan.config import ConfigError, validate
+from vaegan.data.transforms import to_model_input
+from vaegan.evaluate import compose_config, load_checkpoint, run_dir_of
+from vaegan.explore.options import COMMON, NEEDS_ENCODER, OPTIONS_OF, ExploreError, Options
+from vaegan.files import write_atomic
+
+
+class Explorer:
+    """One checkpoint, its run's config, the data (loaded on first use) and the output folder."""
+
+    def __init__(self, command: str, options: Options, overrides: list[str], console: Console):
+        try:
+            self.cfg, self.ckpt = compose_config(overrides)
+        except ConfigError as err:
+            raise ConfigError(f"{err}\n(explore options of {command}: {', '.join(COMMON + OPTIONS_OF[command])})") from None
+        validate(self.cfg)
+        from vaegan.metrics.settings import resolve_device
+
+        self.command, self.options, self.overrides, self.console = command, options, overrides, console
+        self.device = resolve_device(options.device)
+        self.module, self.iteration = load_checkpoint(self.cfg, self.ckpt, self.device)
+        self.module.eval()
+        self.out = Path(options.out).expanduser() if options.out else run_dir_of(self.ckpt) / "explore"
+        self._dm = None
+        self._sha256: str | None = None
+        if command in NEEDS_ENCODER and self.module.encoder is None:
+            raise ExploreError(
+                f"the {self.module.hparams.variant!r} checkpoint {self.ckpt} has no encoder (model.vae=false), and "
+                f"{command} needs one to map images to latent codes. Use a checkpoint of model=vaegan or model=vae; "
+                "with this one, sample and reconstruct work."
+            )
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def dm(self):
+        if self._dm is None:
+            from vaegan.train import build_datamodule_from
+
+            self._dm = build_datamodule_from(self.cfg)
+            self._dm.prepare_data()
+            self._dm.setup()
+        return self._dm
+
+    @property
+    def sha256(self) -> str:
+        if self._sha256 is None:
+            from vaegan.data.sources import sha256_file
+
+            self._sha256 = sha256_file(self.ckpt)
+        return self._sha256
+
+    def split(self, default_held_out: bool = True) -> str:
+        split = self.options.split or (self.dm.val_split if default_held_out else "train")
+        if split not in self.dm.splits:
+            raise ExploreError(f"split={split!r} does not exist; use one of {sorted(self.dm.splits)}")
+        if not len(self.dm.splits[split]):
+            raise ExploreError(f"split={split!r} holds no images; choose another split= ({sorted(self.dm.splits)})")
+        return split
+
+    def images(self, split: str, indices: list[int]) -> torch.Tensor:
+        """Model input of images ``indices`` of ``split``; an index outside it names the split's size."""
+        rows = self.dm.splits[split]
+        bad = [i for i in indices if not -len(rows) <= i < len(rows)]
+        if bad:
+            raise ExploreError(f"index {bad[0]} is out of range: the {split} split has {len(rows)} images "
+                               f"(indices 0..{len(rows) - 1})")
+        return to_model_input(torch.from_numpy(np.asarray(self.dm.data.images[rows[indices]])))
+
+    def chosen_images(self, split: str) -> tuple[list[int], torch.Tensor]:
+        indices = list(self.options.indices) if self.options.indices else list(range(min(self.options.n, len(self.dm.splits[split]))))
+        return indices, self.images(split, indices)
+
+    def write_png(self, picture: torch.Tensor, name: str) -> Path:
+        return write_atomic(self.out / name, lambda tmp: save_image(picture, tmp, format="png"))
+
+    def record(self, stem: str, outputs: list[Path], **extra: Any) -> Path:
+        """``<stem>.json`` beside the outputs: the command, its arguments and the checkpoint."""
+        given = {k: v for k, v in asdict(self.options).items() if k in COMMON + OPTIONS_OF[self.command]}
+        record = dict(command=self.command, options=given, overrides=self.overrides, checkpoint=str(self.ckpt),
+                      checkpoint_sha256=self.sha256, iteration=self.iteration, variant=self.module.hparams.variant,
+                      outputs=[p.name for p in outputs], created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                      **extra)
+        path = write_atomic(self.out / f"{stem}.json", lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"))
+        for p in outputs + [path]:
+            self.console.print(f"wrote {p}")
+        return path
+
+    def draw_z(self, n: int, temperature: float = 1.0) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(self.options.seed)
+        return torch.randn(n, self.module.hparams.latent_dim, generator=gen) * temperature
+
+    # ------------------------------------------------------------------ commands
+    def sample(self) -> None:
+        o = self.options
+        picture = panels.samples(self.module, self.draw_z(o.n, o.temperature), nrow=o.nrow)
+        stem = f"sample_seed{o.seed}_t{o.temperature:g}"
+        self.record(stem, [self.write_png(picture, f"{stem}.png")])
+
+    def reconstruct(self) -> None:
+        split = self.split()
+        indices, x = self.chosen_images(split)
+        picture = panels.discriminator_panel(self.module, x, self.draw_z(len(x)))
+        stem = f"reconstruct_{split}"
+        self.record(stem, [self.write_png(picture, f"{stem}.png")], split=split, indices=indices)
+
+    def interpolate(self) -> None:
+        o = self.options
+        if o.files:
+            xa, xb, ends = self.files_as_pairs(o.files)
+        else:
+            split = self.split()
+            pairs = [list(p) for p in (o.pairs or [[0, 1], [2, 3], [4, 5], [6, 7]])]
+            if any(len(p) != 2 for p in pairs):
+                raise ExploreError(f"pairs={pairs}: each pair is two indices, e.g. pairs=[[0,1],[2,3]]")
+            xa, xb = self.images(split, [p[0] for p in pairs]), self.images(split, [p[1] for p in pairs])
+            ends = dict(split=split, pairs=pairs)
+        try:
+            picture = panels.interpolation_panel(self.module, o.steps, o.mode, xa=xa, xb=xb)
+        except ValueError as err:
+            raise ExploreError(str(err)) from None
+        stem = f"interpolate_{o.mode}"
+        self.record(stem, [self.write_png(picture, f"{stem}.png")], **ends)
+
+    def files_as_pairs(self, files: list[str]) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        from PIL import Image, UnidentifiedImageError
+
+        from vaegan.data.transforms import crop_and_resize
+
+        if len(files) % 2:
+            raise ExploreError(f"files= lists {len(files)} images; it takes pairs: files=[a1.jpg,b1.jpg,a2.jpg,b2.jpg]")
+        hp = self.module.hparams
+        arrays = []
+        for name in files:
+            try:
+                with Image.open(Path(name).expanduser()) as img:
+                    arrays.append(crop_and_resize(img, hp.image_size, self.cfg.data.crop, hp.channels))
+            except (OSError, UnidentifiedImageError) as err:
+                raise ExploreError(f"files: cannot read {name} as an image ({err}); give paths of JPEG or PNG files") from None
+        x = to_model_input(torch.from_numpy(np.stack(arrays)))
+        return x[0::2], x[1::2], dict(files=[str(Path(f).expanduser().resolve()) for f in files])
+
+    def attributes(self) -> Path:
+        split = self.split(default_held_out=False)
+        names, codes, present = self.encode_split(split)
+        vectors, n_with, n_without = latent.attribute_vectors(codes, present)
+        arrays = dict(vectors=vectors.numpy(), names=np.array(names), n_with=n_with.numpy(), n_without=n_without.numpy(),
+                      checkpoint_sha256=np.array(self.sha256), iteration=np.array(self.iteration), split=np.array(split))
+        path = write_atomic(self.out / f"attributes_{split}.npz", lambda tmp: save_npz(tmp, arrays))
+        self.record(path.stem, [path], split=split, images=len(codes))
+        return path
+
+    def encode_split(self, split: str) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+        """The split's attribute (or class) names, posterior means and bool table (N, A)."""
+        arrays = self.dm.data.arrays
+        if "attrs" in arrays:
+            names, target = self.dm.attr_names, np.asarray(arrays["attrs"])[self.dm.splits[split]]
+        elif "labels" in arrays:
+            labels = np.asarray(arrays["labels"])
+            names = self.dm.class_names or [str(c) for c in range(int(labels.max()) + 1)]
+            target = labels[self.dm.splits[split]]
+        else:
+            raise ExploreError(f"data={self.cfg.data.name} has neither attributes nor class labels, so there are no "
+                               "attribute vectors; use CelebA (attrs), CIFAR-10 or the digits (labels), or a labelled folder/npz")
+        images = self.dm.data.images[self.dm.splits[split]]
+        with self.console.status(f"encoding the {len(images)} images of the {split} split"):
+            codes = latent.encode_images(self.module.encoder, images, self.options.batch_size, self.device)
+        return names, codes, latent.presence(target, len(names))
+
+    def load_vectors(self) -> tuple[list[str], torch.Tensor, np.lib.npyio.NpzFile]:
+        o = self.options
+        path = Path(o.vectors).expanduser() if o.vectors else self.out / "attributes_train.npz"
+        if not path.is_file():
+            if o.vectors:
+                raise ExploreError(f"vectors={o.vectors}: no such file; make it with `explore attributes ckpt_path=...`")
+            path = self.attributes()
+        try:
+            saved = dict(np.load(path, allow_pickle=False))
+        except Exception as err:  # noqa: BLE001
+            raise ExploreError(f"{path}: not an attributes file ({err}); remake it with `explore attributes`") from None
+        if str(saved.get("checkpoint_sha256")) != self.sha256:
+            if o.vectors:
+                raise ExploreError(f"{path} was computed from another checkpoint (sha256 {str(saved.get('checkpoint_sha256'))[:12]}, "
+                                   f"this one {self.sha256[:12]}); codes of different models do not mix. Run explore attributes")
+            path = self.attributes()
+            saved = dict(np.load(path, allow_pickle=False))
+        return [str(n) for n in saved["names"]], torch.from_numpy(saved["vectors"]), saved
+
+    def edit(self) -> None:
+        o = self.options
+        if o.source not in ("real", "random"):
+            raise ExploreError(f"source={o.source!r}: use real (encoded images of the split) or random (z ~ N(0, I))")
+        names, vectors, saved = self.load_vectors()
+        if not o.attrs and not o.measure:
+            raise ExploreError(f"edit needs attrs=[...]: one or more of {', '.join(names)}")
+        attrs = [str(a) for a in (o.attrs or [])]
+        columns = [self.attribute_column(a, names, saved) for a in attrs]
+        if o.source == "real":
+            split = self.split()
+            indices, x = self.chosen_images(split)
+            z, where = latent.encode_images(self.module.encoder, x, o.batch_size, self.device), dict(split=split, indices=indices)
+        else:
+            x, z, where = None, self.draw_z(o.n), dict(seed=o.seed)
+        edits = [(a, vectors[c]) for a, c in zip(attrs, columns)]
+        if o.combine and len(attrs) > 1:
+            edits.append(("+".join(attrs), vectors[columns].sum(0)))
+        for name, vector in edits:
+            title = f"{name}: z + w v"
+            stem = f"edit_{name}_{o.source}"
+            picture = panels.edit_panel(self.module, z, vector, o.weights, title, x)
+            self.record(stem, [self.write_png(picture, f"{stem}.png")], attribute=name, **where)
+        if o.measure:
+            self.measure(names, vectors, columns if attrs else list(range(len(names))))
+
+    def attribute_column(self, name: str, names: list[str], saved: dict) -> int:
+        if name not in names:
+            close = difflib.get_close_matches(name, names, n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise ExploreError(f"unknown attribute {name!r}{hint}; the valid names are: {', '.join(names)}")
+        column = names.index(name)
+        if min(saved["n_with"][column], saved["n_without"][column]) == 0:
+            raise ExploreError(f"attribute {name!r} has no vector: {saved['n_with'][column]} images of the split have it, "
+                               f"{saved['n_without'][column]} lack it; one of the two means is empty")
+        return column
+
+    def measure(self, names: list[str], vectors: torch.Tensor, columns: list[int]) -> None:
+        """``--measure``: the share of held-out edits that move a trained classifier's judgement
+        towards the attribute, beside a random direction of the same norm (``vaegan.classifier``)."""
+        from rich.progress import Progress
+
+        from vaegan.data.cache import default_cache_dir
+
+        o = self.options
+        cache = Path(o.classifier_dir).expanduser() if o.classifier_dir else Path(self.cfg.data.cache_dir or default_cache_dir()) / "classifiers"
+        with Progress(console=self.console, transient=True) as progress:
+            task = progress.add_task("classifier (trained once, then cached)", total=classifier.fit_steps(self.dm, o.classifier_epochs))
+            judge = classifier.load_or_train(self.dm, cache, o.classifier_epochs, o.seed, self.device,
+                                             lambda k: progress.advance(task, k))
+        split = judge.held_out
+        _, codes, present = self.encode_split(split)
+        keep = torch.from_numpy(np.random.default_rng(o.seed).permutation(len(codes))[:o.measure_n]).sort().values
+        with self.console.status(f"judging edits of {len(keep)} {split} images"), panels.evaluating(self.module):
+            rows = classifier.measure_edits(self.module.decode, judge, codes[keep].to(self.device), present[keep],
+                                            vectors.to(self.device), columns, o.measure_weight, o.seed, o.batch_size)
+        for row, c in zip(rows, columns):
+            row["classifier_accuracy"] = judge.accuracy[c]
+        w = f"{o.measure_weight:g}"
+        self.console.print(classifier.table(rows, f"edit success on the {split} split: add z + {w} v, remove z - {w} v"))
+        means = classifier.means(rows)
+        rows = [{k: None if isinstance(v, float) and np.isnan(v) else v for k, v in r.items()} for r in rows]  # strict JSON
+        text = json.dumps({"weight": o.measure_weight, "split": split, "mean": means, "attributes": rows}, indent=2) + "\n"
+        path = write_atomic(self.out / "edit_measure.json", lambda tmp: tmp.write_text(text))
+        self.record("edit_measure_args", [path], split=split, images=len(keep), mean=means)
+
+def save_npz(path: Path, arrays: dict) -> None:
+    with open(path, "wb") as f:  # a file object: np.savez would append .npz to the temporary name
+        np.savez(f, **arrays)
