@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install train test table1-cpu clean
+.PHONY: install train test table1-cpu latent-cpu clean
 
 install: $(STAMP)
 
@@ -23,6 +23,20 @@ test: $(STAMP)
 # Table 1 at CPU scale on the shared CIFAR-10 subset (README, Reproducing Table 1): under an hour.
 table1-cpu: $(STAMP)
 	$(PY) experiments/table1.py --scale cpu $(ARGS)
+
+# The README's Latent space pictures: +experiment=celeba_cpu (about 35 minutes on a 2-core CPU, once),
+# then every explore tool, writing to docs/latent/.
+LATENT_RUN ?= outputs/celeba_cpu/run1
+LATENT_CKPT = ckpt_path=$(LATENT_RUN)/checkpoints/last.ckpt
+EXPLORE = $(PY) -m vaegan.explore
+latent-cpu: $(STAMP)
+	test -f $(LATENT_RUN)/checkpoints/last.ckpt || $(PY) -m vaegan.run +experiment=celeba_cpu hydra.run.dir=$(LATENT_RUN)
+	$(EXPLORE) sample $(LATENT_CKPT) n=32 out=docs/latent
+	$(EXPLORE) reconstruct $(LATENT_CKPT) n=8 out=docs/latent
+	$(EXPLORE) interpolate $(LATENT_CKPT) 'pairs=[[0,1],[2,3],[4,5],[6,7]]' mode=spherical out=docs/latent
+	$(EXPLORE) attributes $(LATENT_CKPT) out=docs/latent
+	$(EXPLORE) edit $(LATENT_CKPT) 'attrs=[Smiling,Eyeglasses,Male,Blond_Hair]' n=6 out=docs/latent
+	$(EXPLORE) edit $(LATENT_CKPT) --measure out=docs/latent
 
 clean:
 	rm -rf outputs multirun .pytest_cache

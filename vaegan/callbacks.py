@@ -18,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torchvision.utils import save_image
 
 from vaegan import panels
+from vaegan.files import write_atomic
 
 
 class IterationCheckpoint(L.Callback):
@@ -104,8 +105,7 @@ class ImageLogger(L.Callback):
         if not trainer.is_global_zero:
             return
         for name, picture in self.grids(pl_module).items():
-            (self.dirpath / name).mkdir(parents=True, exist_ok=True)
-            save_image(picture, self.dirpath / name / f"iter_{it:07d}.png")
+            write_atomic(self.dirpath / name / f"iter_{it:07d}.png", lambda tmp: save_image(picture, tmp, format="png"))
             log_picture(trainer.loggers, f"images/{name}", picture, it)
 
 

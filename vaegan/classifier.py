@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -21,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vaegan.files import write_atomic
 from vaegan.latent import batches
 
 VERSION = 2  # bump when the network or its training changes: cached classifiers are then retrained
@@ -141,10 +141,8 @@ def load_or_train(dm, cache_dir: Path, epochs: int = 8, seed: int = 0, device: t
     model = fit(np.asarray(images[train]), targets_of(arrays, multilabel, train), len(names), multilabel, epochs,
                 seed, device, progress=progress)
     acc = accuracy(model, np.asarray(images[held_out]), targets_of(arrays, multilabel, held_out), multilabel, device)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save({"state_dict": model.state_dict(), "accuracy": acc, "held_out": dm.val_split, "names": names}, tmp)
-    os.replace(tmp, path)
+    state = {"state_dict": model.state_dict(), "accuracy": acc, "held_out": dm.val_split, "names": names}
+    write_atomic(path, lambda tmp: torch.save(state, tmp))
     return Judge(model, names, multilabel, acc, dm.val_split)
 
 
