@@ -21,13 +21,7 @@ from vaegan.classifier import Classifier, Judge, accuracy, fit, fit_steps, load_
 from vaegan.config import register_configs
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: fastest for these tiny models, and far faster on a busy CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models, one intra-op thread
 
 
 def sigmoid(x):

@@ -34,13 +34,7 @@ RECORD_KEYS = {"command", "options", "overrides", "checkpoint", "checkpoint_sha2
                "created"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: fastest for these tiny models, and far faster on a busy CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models, one intra-op thread
 
 
 def celeba_run(tmp_path_factory, variant: str = "vaegan") -> Path:

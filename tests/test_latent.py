@@ -11,13 +11,7 @@ from torch import nn
 from vaegan.latent import attribute_vectors, edit_codes, encode_images, interpolate, lerp, presence, slerp
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: fastest for these tiny models, and far faster on a busy CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models, one intra-op thread
 
 
 def rand(seed: int, *shape: int) -> torch.Tensor:

@@ -17,13 +17,7 @@ S, D = 16, 8  # image size, latent size
 CELL = S + panels.PAD
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: fastest for these tiny models, and far faster on a busy CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models, one intra-op thread
 
 
 def make_module(vae: bool = True, discriminator: bool = True, channels: int = 3, seed: int = 0) -> VAEGANModule:
