@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vaegan.files import write_atomic
-from vaegan.latent import batches
+from vaegan.data.transforms import to_model_input
+from vaegan.latent import attribute_table, batches
 
 VERSION = 3  # bump when the network or its training changes: cached classifiers are then retrained
 
@@ -91,7 +92,7 @@ def fit(images: np.ndarray, targets: Tensor, outputs: int, multilabel: bool, epo
         order = rng.permutation(len(images))
         for start in range(0, len(order) - batch_size + 1, batch_size):
             rows = np.sort(order[start:start + batch_size])
-            x = next(batches(images[rows], batch_size)).to(device)
+            x = to_model_input(torch.from_numpy(images[rows])).to(device)
             logits = model(x)
             y = targets[rows].to(device)
             loss = (F.binary_cross_entropy_with_logits(logits, y, pos_weight=pos_weight) if multilabel
@@ -126,10 +127,8 @@ def load_or_train(dm, cache_dir: Path, epochs: int = 8, seed: int = 0, device: t
 
     dm.setup()
     arrays = dm.data.arrays
-    multilabel = "attrs" in arrays
-    if not multilabel and "labels" not in arrays:
-        raise ValueError("this dataset has neither attributes nor class labels: there is nothing to measure edits against")
-    names = dm.attr_names if multilabel else (dm.class_names or [str(c) for c in range(int(np.max(arrays["labels"])) + 1)])
+    names, table = attribute_table(dm)
+    multilabel = table == "attrs"
     train, held_out = dm.splits["train"], dm.splits[dm.val_split]
     key = hashlib.sha256(json.dumps([VERSION, data_id(dm, train), data_id(dm, held_out), multilabel, epochs, seed,
                                      dm.image_size, dm.channels]).encode()).hexdigest()[:16]
@@ -168,13 +167,11 @@ def measure_edits(decode: Callable[[Tensor], Tensor], judge: Judge, codes: Tenso
     For attribute tables (CelebA) also the removal: images with a, code minus w * v_a (``away``).
     """
 
-    def probs(z: Tensor, a: int) -> Tensor:
-        return torch.cat([judge.probabilities(decode(chunk))[:, a].cpu() for chunk in z.split(batch_size)])
+    def probs(z: Tensor) -> Tensor:  # (N, outputs): the judge's probabilities of every attribute
+        return torch.cat([judge.probabilities(decode(chunk)).cpu() for chunk in z.split(batch_size)])
 
-    def judged(p: Tensor, z: Tensor, a: int) -> Tensor:
-        if judge.multilabel:
-            return p >= 0.5
-        return torch.cat([judge.probabilities(decode(chunk)).argmax(1).cpu() == a for chunk in z.split(batch_size)])
+    def judged(p: Tensor, a: int) -> Tensor:
+        return p[:, a] >= 0.5 if judge.multilabel else p.argmax(1) == a
 
     gen = torch.Generator().manual_seed(seed)
     results = []
@@ -189,13 +186,14 @@ def measure_edits(decode: Callable[[Tensor], Tensor], judge: Judge, codes: Tenso
             row[f"n_{name}"] = len(z)
             if not len(z):
                 continue
-            p0, p1, pr = probs(z, a), probs(z + sign * weight * v, a), probs(z + sign * weight * u, a)
+            plain, edited = probs(z), probs(z + sign * weight * v)
+            p0, p1, pr = plain[:, a], edited[:, a], probs(z + sign * weight * u)[:, a]
             moved = (p1 - p0) * sign > 0
             row[name] = moved.float().mean().item()
             row[f"{name}_random"] = ((pr - p0) * sign > 0).float().mean().item()
             row[f"{name}_mean_dp"] = (p1 - p0).mean().item()
             if name == "toward":
-                before, after = judged(p0, z, a), judged(p1, z + weight * v, a)
+                before, after = judged(plain, a), judged(edited, a)
                 row["n_judged_without"] = int((~before).sum())
                 row["flipped"] = after[~before].float().mean().item() if (~before).any() else float("nan")
         results.append(row)

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from vaegan.config import ConfigError, TrainConfig, register_configs, validate
+from vaegan.files import write_atomic
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 USAGE = """usage: python -m vaegan.evaluate ckpt_path=<run dir>/checkpoints/last.ckpt [key=value ...]
@@ -77,10 +78,7 @@ def write_metrics(run_dir: Path, record: dict) -> Path:
         else:
             with open(run_dir / "metrics_history.jsonl", "a") as history:
                 history.write(json.dumps(previous) + "\n")
-    tmp = path.with_name(f".metrics.json.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_atomic(path, lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"))
 
 
 def load_checkpoint(cfg: DictConfig, ckpt: Path, device):

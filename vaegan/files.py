@@ -23,3 +23,14 @@ def write_atomic(path: Path, write: Callable[[Path], object]) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def write_npz(path: Path, arrays: dict) -> Path:
+    """``np.savez`` of ``arrays`` to ``path`` through ``write_atomic``."""
+    import numpy as np
+
+    def save(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to the temporary name
+            np.savez(f, **arrays)
+
+    return write_atomic(path, save)

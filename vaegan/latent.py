@@ -82,6 +82,18 @@ def presence(target: np.ndarray | Tensor, num_classes: int | None = None) -> Ten
     return nn.functional.one_hot(target.long(), num_classes or int(target.max()) + 1).bool()
 
 
+def attribute_table(dm) -> tuple[list[str], str]:
+    """The names of a dataset's attributes and the array that holds them: CelebA's ``attrs``, or
+    the classes of ``labels`` (named by ``class_names`` when the source has them)."""
+    arrays = dm.data.arrays
+    if "attrs" in arrays:
+        return dm.attr_names, "attrs"
+    if "labels" in arrays:
+        return dm.class_names or [str(c) for c in range(int(np.max(arrays["labels"])) + 1)], "labels"
+    raise ValueError("this dataset has neither attributes nor class labels: there is nothing to average or "
+                     "measure edits against; use CelebA (attrs), CIFAR-10 or the digits (labels), or a labelled folder/npz")
+
+
 def attribute_vectors(codes: Tensor, present: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Sec. 5.5: for each attribute a, mean(codes of images with a) - mean(codes of images without a).
 

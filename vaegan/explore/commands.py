@@ -19,7 +19,7 @@ from vaegan.config import ConfigError, validate
 from vaegan.data.transforms import to_model_input
 from vaegan.evaluate import compose_config, load_checkpoint, run_dir_of
 from vaegan.explore.options import COMMON, NEEDS_ENCODER, OPTIONS_OF, ExploreError, Options
-from vaegan.files import write_atomic
+from vaegan.files import write_atomic, write_npz
 
 
 class Explorer:
@@ -162,22 +162,17 @@ class Explorer:
         vectors, n_with, n_without = latent.attribute_vectors(codes, present)
         arrays = dict(vectors=vectors.numpy(), names=np.array(names), n_with=n_with.numpy(), n_without=n_without.numpy(),
                       checkpoint_sha256=np.array(self.sha256), iteration=np.array(self.iteration), split=np.array(split))
-        path = write_atomic(self.out / f"attributes_{split}.npz", lambda tmp: save_npz(tmp, arrays))
+        path = write_npz(self.out / f"attributes_{split}.npz", arrays)
         self.record(path.stem, [path], split=split, images=len(codes))
         return path
 
     def encode_split(self, split: str) -> tuple[list[str], torch.Tensor, torch.Tensor]:
         """The split's attribute (or class) names, posterior means and bool table (N, A)."""
-        arrays = self.dm.data.arrays
-        if "attrs" in arrays:
-            names, target = self.dm.attr_names, np.asarray(arrays["attrs"])[self.dm.splits[split]]
-        elif "labels" in arrays:
-            labels = np.asarray(arrays["labels"])
-            names = self.dm.class_names or [str(c) for c in range(int(labels.max()) + 1)]
-            target = labels[self.dm.splits[split]]
-        else:
-            raise ExploreError(f"data={self.cfg.data.name} has neither attributes nor class labels, so there are no "
-                               "attribute vectors; use CelebA (attrs), CIFAR-10 or the digits (labels), or a labelled folder/npz")
+        try:
+            names, key = latent.attribute_table(self.dm)
+        except ValueError as err:
+            raise ExploreError(f"data={self.cfg.data.name}: {err}") from None
+        target = np.asarray(self.dm.data.arrays[key])[self.dm.splits[split]]
         images = self.dm.data.images[self.dm.splits[split]]
         with self.console.status(f"encoding the {len(images)} images of the {split} split"):
             codes = latent.encode_images(self.module.encoder, images, self.options.batch_size, self.device)
@@ -267,7 +262,3 @@ class Explorer:
         text = json.dumps({"weight": o.measure_weight, "split": split, "mean": means, "attributes": rows}, indent=2) + "\n"
         path = write_atomic(self.out / "edit_measure.json", lambda tmp: tmp.write_text(text))
         self.record("edit_measure_args", [path], split=split, images=len(keep), mean=means)
-
-def save_npz(path: Path, arrays: dict) -> None:
-    with open(path, "wb") as f:  # a file object: np.savez would append .npz to the temporary name
-        np.savez(f, **arrays)

@@ -10,7 +10,6 @@ The metric formulas are torch-fidelity's; this module only feeds them.
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 import zipfile
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from torch_fidelity.metric_prc import KEY_METRIC_PRECISION, KEY_METRIC_RECALL, p
 
 from vaegan.data.datamodules import ArrayDataModule
 from vaegan.data.transforms import to_uint8
+from vaegan.files import write_npz
 from vaegan.metrics.extractors import Extractor, MetricsError
 from vaegan.metrics.protocol import Protocol
 
@@ -127,10 +127,7 @@ def cached_reference_features(path: Path, compute) -> dict[str, Tensor]:
         except (OSError, ValueError, EOFError, zipfile.BadZipFile):  # damaged: recompute and replace
             pass
     features = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, **{name: value.numpy() for name, value in features.items()})
-    os.replace(tmp, path)
+    write_npz(path, {name: value.numpy() for name, value in features.items()})
     return features
 
 
