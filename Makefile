@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install train test table1-cpu latent-cpu clean
+.PHONY: install train test table1-cpu pid-vs-p-cpu latent-cpu clean
 
 install: $(STAMP)
 
@@ -23,6 +23,15 @@ test: $(STAMP)
 # Table 1 at CPU scale on the shared CIFAR-10 subset (README, Reproducing Table 1): under an hour.
 table1-cpu: $(STAMP)
 	$(PY) experiments/table1.py --scale cpu $(ARGS)
+
+# Sec. 3.4 at CPU scale (README, Sweeps): BEGAN's controller vs the paper's PID and a PID whose P and D
+# terms act, 3 seeds each on the shared CIFAR-10 subset, 2 jobs at a time; then the ranked diagnostics.
+PID_TIME := $(shell date +%Y-%m-%d_%H-%M-%S)
+PID_SWEEP ?= multirun/pid_vs_p_cpu/$(PID_TIME)
+pid-vs-p-cpu: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) -m vaegan.run -m +experiment=pid_vs_p_cpu hydra/launcher=joblib hydra.launcher.n_jobs=2 \
+		'controller=began,pid,pid_strong' hydra.sweep.dir=$(PID_SWEEP)
+	$(PY) -m vaegan.report $(PID_SWEEP)
 
 # The README's Latent space pictures: +experiment=celeba_cpu (about 35 minutes on a 2-core CPU, once),
 # then every explore tool, writing to docs/latent/.

@@ -63,6 +63,25 @@ def test_wrong_type_names_the_key(compose_cfg, tmp_path):
     assert isinstance(cause, ValidationError) and cause.full_key == "model.controller.ki"
 
 
+@pytest.mark.parametrize("controller,kp,kd,smoothing", [("began", 0.0, 0.0, 1), ("pid", 1e-5, 1e-5, 1),
+                                                       ("pid_strong", 0.1, 0.1, 8)])
+def test_controller_group_sets_p_and_d_and_keeps_the_experiments_ki(compose_cfg, tmp_path, controller, kp, kd, smoothing):
+    cfg = compose_cfg(["+experiment=quickstart", "model=began_pid", f"controller={controller}"], tmp_path)
+    c = cfg.model.controller
+    assert (c.kp, c.kd, c.smoothing) == (kp, kd, smoothing)
+    assert c.ki == 5e-3  # quickstart's integral gain, whichever controller
+    assert cfg.model.name == "began_pid"
+
+
+def test_logger_combinations_compose(compose_cfg, tmp_path):
+    cfg = compose_cfg(["+experiment=quickstart", "logger=[csv,tensorboard,wandb]"], tmp_path)
+    assert cfg.logger.csv is not None and cfg.logger.tensorboard is not None
+    assert cfg.logger.wandb.mode == "auto" and list(cfg.logger.wandb.tags) == ["vaegan", "digits"]
+    assert compose_cfg(["+experiment=quickstart"], tmp_path).logger.wandb is None  # off by default
+    with pytest.raises(ConfigError, match=r"logger\.wandb\.mode='cloud'"):
+        validate(compose_cfg(["+experiment=quickstart", "logger=wandb", "logger.wandb.mode=cloud"], tmp_path))
+
+
 @pytest.mark.parametrize(
     "override,key",
     [("data.image_size=48", "data.image_size"), ("model.controller.kp=-1", "model.controller.kp"),

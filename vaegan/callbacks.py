@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -111,13 +112,40 @@ class ImageLogger(L.Callback):
 
 def log_picture(loggers: list, key: str, picture: torch.Tensor, step: int) -> None:
     """A (3, H, W) picture in [0, 1] to every logger that takes images: TensorBoard's add_image,
-    or ``log_image`` (W&B's signature) with uint8 HWC pixels, which no logger can misread."""
+    or ``log_image`` (W&B's signature) with uint8 HWC pixels, which no logger can misread (float
+    images in [-1, 1] turn into black squares in ``wandb.Image``), rounded as the PNG files are."""
     for logger in loggers:
         if isinstance(logger, TensorBoardLogger):
             logger.experiment.add_image(key, picture, global_step=step)
         elif hasattr(logger, "log_image"):
-            pixels = picture.mul(255).round().clamp(0, 255).byte().permute(1, 2, 0).numpy()
+            pixels = picture.mul(255).add(0.5).clamp(0, 255).byte().permute(1, 2, 0).numpy()  # as save_image's PNG
             logger.log_image(key=key, images=[pixels], step=step)
+
+
+class TrainingStats(L.Callback):
+    """Logs each optimizer's learning rate (``train/lr_<network>``) and the throughput since the
+    previous log (``train/iterations_per_s``, ``train/images_per_s``) every ``every_n_iterations``,
+    the iterations at which Lightning writes to the loggers."""
+
+    def __init__(self, every_n_iterations: int):
+        self.every = every_n_iterations
+        self._since: tuple[float, int] | None = None  # (time, iteration) of the last log
+        self._images = 0  # images trained on since then
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        it, now = pl_module.iteration, time.perf_counter()
+        if self._since is None:  # the clock starts at the end of the first batch (after warm-up)
+            self._since, self._images = (now, it), 0
+            return
+        self._images += len(batch[0] if isinstance(batch, (list, tuple)) else batch)
+        if it % self.every:
+            return
+        seconds, iterations = now - self._since[0], it - self._since[1]
+        pl_module.log_dict({"train/iterations_per_s": iterations / seconds, "train/images_per_s": self._images / seconds})
+        pl_module.log_dict({f"train/lr_{name}": opt.param_groups[0]["lr"]
+                            for name, opt in zip(pl_module.networks, trainer.optimizers)})
+        self._since, self._images = (now, it), 0
 
 
 class IterationProgressBar(ProgressBar):

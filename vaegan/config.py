@@ -96,9 +96,24 @@ class TensorBoardLoggerConfig:
 
 
 @dataclass
+class WandbLoggerConfig:
+    """Weights & Biases (vaegan.tracking): never prompts, falls back to offline."""
+
+    project: str = "vaegan"
+    entity: Optional[str] = None  # team or user; None: the key's default entity
+    group: Optional[str] = None  # None: the sweep directory in a multirun, no group otherwise
+    name: Optional[str] = None  # None: the job's number and overrides in a multirun, the run directory's name otherwise
+    tags: list[str] = field(default_factory=list)
+    notes: Optional[str] = None
+    mode: str = "auto"  # auto | online (both: online only with an API key) | offline | disabled
+    init_timeout: float = 15.0  # seconds to reach the server before falling back to offline
+
+
+@dataclass
 class LoggerConfig:
     csv: Optional[CSVLoggerConfig] = None
     tensorboard: Optional[TensorBoardLoggerConfig] = None
+    wandb: Optional[WandbLoggerConfig] = None
 
 
 @dataclass
@@ -173,6 +188,7 @@ class TrainConfig:
     iterations: int = 300_000  # the paper's iterations: batches, not optimizer steps
     seed: int = 0
     ckpt_path: Optional[str] = None  # resume from this checkpoint
+    objective: str = "auto"  # what run.py returns (sweeps minimise it): auto = metrics/fid with evaluation on, else train/M
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
@@ -228,6 +244,11 @@ def validate(cfg: DictConfig) -> None:
     ev = cfg.callbacks.evaluation
     _require(ev.every_n_iterations >= 0, "callbacks.evaluation.every_n_iterations", ev.every_n_iterations, ">= 0 (0 = off)")
     _require(ev.num_samples >= 2, "callbacks.evaluation.num_samples", ev.num_samples, "must be >= 2")
+    if cfg.logger.wandb is not None:
+        w = cfg.logger.wandb
+        _require(w.mode in ("auto", "online", "offline", "disabled"), "logger.wandb.mode", w.mode,
+                 "use auto, online, offline or disabled")
+        _require(w.init_timeout > 0, "logger.wandb.init_timeout", w.init_timeout, "must be a positive number of seconds")
     validate_metrics(cfg.metrics)
 
 

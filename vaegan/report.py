@@ -2,6 +2,8 @@
 
 ``python -m vaegan.report <multirun dir> [--out DIR]`` averages each variant's ``metrics.json`` (from
 ``python -m vaegan.evaluate``) over seeds into ``table1.csv``, ``table1.md`` and ``curves.png``; no torch.
+Runs that logged e_t also get their equilibrium diagnostics, per run and per configuration, ranked
+(``vaegan.sweep_report``): ``equilibrium.csv``, ``equilibrium.md`` and ``equilibrium.png``.
 """
 
 from __future__ import annotations
@@ -264,7 +266,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vaegan.report", description=__doc__.splitlines()[0])
     parser.add_argument("dir", type=Path, help="Hydra multirun directory (job subdirectories 0/, 1/, ...)")
     parser.add_argument("--out", type=Path, default=None, help="output directory (default: <dir>)")
+    parser.add_argument("--window", type=int, default=50, help="equilibrium: moving average of e_t over this many "
+                        "iterations (default 50; 1 = none)")
+    parser.add_argument("--band", type=float, default=None, help="equilibrium: absolute settling band on e_t "
+                        "(default: 10%% of each run's |e0|)")
+    parser.add_argument("--tail", type=float, default=0.2, help="equilibrium: fraction of the iterations that is "
+                        "the steady state (default 0.2)")
     root = (args := parser.parse_args(argv)).dir
+    if args.window < 1 or not 0 < args.tail <= 1 or (args.band is not None and not args.band >= 0):
+        parser.error("--window must be >= 1, --tail in (0, 1] and --band >= 0")
     if not root.is_dir():
         print(f"error: {root} does not exist or is not a directory (expected a Hydra multirun directory)", file=sys.stderr)
         return 2
@@ -276,7 +286,13 @@ def main(argv: list[str] | None = None) -> int:
     rows = summarize(runs)
     paths = [write_csv(rows, out / "table1.csv"), write_markdown(runs, rows, out / "table1.md"),
              plot_curves(runs, out / "curves.png")]
+    from vaegan.sweep_report import write_equilibrium  # here: it imports this module
+
+    equilibrium = write_equilibrium(runs, out, window=args.window, band=args.band, tail=args.tail)
     print(markdown_table(rows))
+    if equilibrium is not None:
+        paths += equilibrium[0]
+        print("\n" + equilibrium[1])
     print("\n".join(f"wrote {p}" for p in paths))
     return 0
 

@@ -14,9 +14,23 @@ from vaegan.config import ConfigError, register_configs
 register_configs()
 
 
+def objective_of(cfg: DictConfig, metrics: dict[str, float]) -> float | None:
+    """The value sweeps minimise: ``cfg.objective``, a logged metric's last value; ``auto`` is the
+    last FID with in-training evaluation on, else the final convergence measure M (None for models
+    without a discriminator, which have no M)."""
+    name = cfg.objective
+    if name == "auto":
+        name = "metrics/fid" if cfg.callbacks.evaluation.every_n_iterations else "train/M"
+        if name == "train/M" and "train/M" not in metrics:
+            return None
+    if name not in metrics:
+        raise ConfigError(f"objective={cfg.objective!r}: {name!r} was never logged; logged: {', '.join(sorted(metrics))}")
+    return metrics[name]
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    """Trains one run; returns the final convergence measure M (the objective sweeps minimise)."""
+    """Trains one run; returns its objective (``objective_of``), which sweeps minimise."""
     from vaegan.data import DataError  # imported here, like train, so that --help and config errors stay fast
     from vaegan.metrics import MetricsError
     from vaegan.train import train
@@ -28,14 +42,13 @@ def main(cfg: DictConfig) -> float | None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")  # Lightning internals
 
     try:
-        metrics = train(cfg)
+        return objective_of(cfg, train(cfg))
     except ConfigError as err:
         sys.exit(f"Config error: {err}")
     except DataError as err:
         sys.exit(f"Data error: {err}")
     except MetricsError as err:
         sys.exit(f"Metrics error: {err}")
-    return metrics.get("train/M")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ import torch
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
-from vaegan.callbacks import ImageLogger, IterationCheckpoint, IterationProgressBar
+from vaegan import tracking
+from vaegan.callbacks import ImageLogger, IterationCheckpoint, IterationProgressBar, TrainingStats
 from vaegan.config import ConfigError, validate
 from vaegan.controller import EquilibriumCallback
 from vaegan.data import DATAMODULES, ArrayDataModule, CachedDataModule, build_datamodule
@@ -61,6 +62,9 @@ def build_callbacks(cfg: DictConfig, module: VAEGANModule, out: Path, extractor:
                                                c.evaluation.keep_best, **protocol))
     if module.discriminator is not None:  # first, so that checkpoints hold k_t after its update
         callbacks.insert(0, EquilibriumCallback(**OmegaConf.to_container(cfg.model.controller)))
+    callbacks.append(TrainingStats(cfg.trainer.log_every_n_steps))
+    if cfg.logger.wandb is not None and module.discriminator is not None:
+        callbacks.append(tracking.EquilibriumChart(cfg.trainer.log_every_n_steps))
     if c.progress_bar.enabled:
         callbacks.append(IterationProgressBar(cfg.iterations, c.progress_bar.refresh_every))
     return callbacks
@@ -85,6 +89,8 @@ def build_loggers(cfg: DictConfig, out: Path) -> list[Logger]:
         loggers.append(CSVLogger(out, name="", version="", flush_logs_every_n_steps=cfg.logger.csv.flush_every_n_iterations))
     if cfg.logger.tensorboard is not None:
         loggers.append(TensorBoardLogger(out, name=cfg.logger.tensorboard.subdir, version="", default_hp_metric=False))
+    if cfg.logger.wandb is not None:  # -> <out>/wandb/, <out>/wandb_run.json
+        loggers.append(tracking.wandb_logger(cfg, out))
     return loggers
 
 
@@ -106,12 +112,25 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule = build_datamodule_from(cfg)
     module = build_module(cfg)
     warnings.filterwarnings("ignore", message=".*val_dataloader.* but have no `validation_step`")  # held-out data is for evaluation
+    loggers = build_loggers(cfg, out)
+    failed = True
+    try:
+        metrics = fit(cfg, datamodule, module, build_callbacks(cfg, module, out, extractor), loggers, out)
+        failed = False
+        return metrics
+    finally:
+        tracking.finish(loggers, failed)  # each multirun job is its own W&B run
+
+
+def fit(cfg: DictConfig, datamodule: ArrayDataModule, module: VAEGANModule, callbacks: list[L.Callback],
+        loggers: list[Logger], out: Path) -> dict[str, float]:
+    """Runs the Lightning Trainer; returns the last logged metrics."""
     trainer = L.Trainer(
         **OmegaConf.to_container(cfg.trainer),
         max_steps=cfg.iterations * len(module.networks),  # Lightning counts optimizer steps
         max_epochs=-1,
-        callbacks=build_callbacks(cfg, module, out, extractor),
-        logger=build_loggers(cfg, out) or False,
+        callbacks=callbacks,
+        logger=loggers or False,
         default_root_dir=out,
         enable_checkpointing=False,  # IterationCheckpoint writes checkpoints by iteration
         enable_progress_bar=cfg.callbacks.progress_bar.enabled,
