@@ -109,3 +109,14 @@ def test_a_two_trial_optuna_sweep_resumes_and_is_ranked_by_the_report(tmp_path):
     best = min(("0", "1", "2"), key=lambda job: final_M(sweep_dir / job))
     ki = yaml.safe_load((sweep_dir / best / "config.yaml").read_text())["model"]["controller"]["ki"]
     assert f"model.controller.ki={ki}" in ranked[0]
+
+
+def test_the_slurm_launcher_config_composes_for_a_cluster_sweep():
+    result = subprocess.run([sys.executable, "-m", "vaegan.run", "+experiment=quickstart", "hparams_search=pid_grid",
+                             "hydra/launcher=slurm", "hydra.launcher.partition=gpu", "--cfg", "hydra"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    launcher = yaml.safe_load(result.stdout)["hydra"]["launcher"]
+    assert launcher["_target_"] == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert (launcher["partition"], launcher["gpus_per_node"], launcher["tasks_per_node"]) == ("gpu", 1, 1)
+    assert launcher["submitit_folder"].endswith("/.submitit/%j")
