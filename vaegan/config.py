@@ -102,7 +102,7 @@ class WandbLoggerConfig:
     project: str = "vaegan"
     entity: Optional[str] = None  # team or user; None: the key's default entity
     group: Optional[str] = None  # None: the sweep directory in a multirun, no group otherwise
-    name: Optional[str] = None  # None: the job's number and overrides in a multirun, the run directory's name otherwise
+    name: Optional[str] = None  # None: <run_name>#<job number> in a multirun, the run directory's name otherwise
     tags: list[str] = field(default_factory=list)
     notes: Optional[str] = None
     mode: str = "auto"  # auto | online (both: online only with an API key) | offline | disabled
