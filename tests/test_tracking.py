@@ -197,6 +197,21 @@ def test_the_equilibrium_chart_holds_e_k_and_the_target_of_every_logged_iteratio
     assert set(series["target (e = 0)"].values()) == {0.0} and all(0 <= k <= 1 for k in series["k_t"].values())
 
 
+def test_the_equilibrium_chart_of_a_long_run_is_thinned_to_fit_a_wandb_table():
+    logged = []
+
+    class Run:
+        def log(self, data):
+            logged.append(data)
+
+    tracking.log_equilibrium_chart(Run(), [(it, 0.5 / it, it / 1e5) for it in range(10, 300_001, 10)])
+    ((name, chart),) = logged[0].items()
+    steps = sorted({row[0] for row in chart.table.data})
+    assert name == "equilibrium" and len(chart.table.data) == 3 * len(steps)
+    assert len(steps) <= tracking.MAX_CHART_POINTS and steps[-1] == 300_000  # the last iteration is kept
+    assert len(set(np.diff(steps))) == 1  # evenly spaced
+
+
 def test_a_resumed_run_continues_the_same_wandb_run(cifar_run, tmp_path):
     run_dir, overrides, _ = cifar_run
     first = json.loads((run_dir / "wandb_run.json").read_text())["id"]

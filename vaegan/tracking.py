@@ -36,6 +36,7 @@ from vaegan.files import write_atomic
 log = logging.getLogger(__name__)
 MODES = ("auto", "online", "offline", "disabled")
 RUN_FILE = "wandb_run.json"
+MAX_CHART_POINTS = 1000  # per series of the equilibrium chart
 DEFAULT_HOST = "https://api.wandb.ai"
 
 
@@ -151,6 +152,8 @@ def log_equilibrium_chart(run: Any, history: list[tuple[int, float, float]]) -> 
 
     if not history:
         return
+    stride = -(-len(history) // MAX_CHART_POINTS)  # W&B tables hold 10,000 rows: 3 series of at most 1,000
+    history = history[::-1][::stride][::-1]  # every stride-th point, ending at the last iteration
     steps = [h[0] for h in history]
     chart = wandb.plot.line_series(xs=steps, ys=[[h[1] for h in history], [h[2] for h in history], [0.0] * len(steps)],
                                    keys=["e_t", "k_t", "target (e = 0)"], title="Equilibrium: e_t and k_t", xname="iteration")
