@@ -46,9 +46,9 @@ def compose_cfg():
     return _compose
 
 
-def run_cli(*overrides: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """``python -m vaegan.run`` as a user types it."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+def run_cli(*overrides: str, timeout: float = 300, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``python -m vaegan.run`` as a user types it (in ``env``, by default this process's environment)."""
+    env = {**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"}
     return subprocess.run(
         [sys.executable, "-m", "vaegan.run", *overrides], cwd=ROOT, env=env, capture_output=True, text=True,
         timeout=timeout,

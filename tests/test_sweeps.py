@@ -4,13 +4,12 @@ study, each ranked by ``python -m vaegan.report``; the objective a run returns."
 import csv
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import ROOT, TINY
+from tests.conftest import TINY, run_cli
 from vaegan import report
 from vaegan.config import ConfigError
 from vaegan.run import objective_of
@@ -23,9 +22,7 @@ SHORT = [*TINY, "iterations=12", "logger=csv", "callbacks.images.every_n_iterati
 
 
 def sweep(*overrides: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    result = subprocess.run([sys.executable, "-m", "vaegan.run", *overrides], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=timeout)
+    result = run_cli(*overrides, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=timeout)
     assert result.returncode == 0, result.stderr[-4000:]
     return result
 
@@ -112,9 +109,8 @@ def test_a_two_trial_optuna_sweep_resumes_and_is_ranked_by_the_report(tmp_path):
 
 
 def test_the_slurm_launcher_config_composes_for_a_cluster_sweep():
-    result = subprocess.run([sys.executable, "-m", "vaegan.run", "+experiment=quickstart", "hparams_search=pid_grid",
-                             "hydra/launcher=slurm", "hydra.launcher.partition=gpu", "--cfg", "hydra"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    result = run_cli("+experiment=quickstart", "hparams_search=pid_grid", "hydra/launcher=slurm",
+                     "hydra.launcher.partition=gpu", "--cfg", "hydra", timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     launcher = yaml.safe_load(result.stdout)["hydra"]["launcher"]
     assert launcher["_target_"] == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"

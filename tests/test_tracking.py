@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import ROOT, TINY, require_shared
+from tests.conftest import ROOT, TINY, require_shared, run_cli
 
 wandb = pytest.importorskip("wandb")
 from wandb.proto import wandb_internal_pb2  # noqa: E402
@@ -35,8 +35,7 @@ def clean_env(home: Path, **extra: str) -> dict[str, str]:
 
 
 def train(run_dir: Path, *overrides: str, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "vaegan.run", *overrides, f"hydra.run.dir={run_dir}"]
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    return run_cli(*overrides, f"hydra.run.dir={run_dir}", env=env, timeout=timeout)
 
 
 def wandb_records(path: Path):
@@ -294,9 +293,8 @@ def test_disabled_writes_nothing(tmp_path):
 
 def test_a_multirun_makes_one_wandb_run_per_job_grouped_by_sweep(tmp_path):
     sweep = tmp_path / "sweep"
-    cmd = [sys.executable, "-m", "vaegan.run", "-m", *TINY, "iterations=2", "seed=0,1", "logger=wandb",
-           "logger.wandb.mode=offline", f"hydra.sweep.dir={sweep}"]
-    result = subprocess.run(cmd, cwd=ROOT, env=clean_env(tmp_path), capture_output=True, text=True, timeout=300)
+    result = run_cli("-m", *TINY, "iterations=2", "seed=0,1", "logger=wandb", "logger.wandb.mode=offline",
+                     f"hydra.sweep.dir={sweep}", env=clean_env(tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]
     runs = [offline_runs(sweep / str(job)) for job in (0, 1)]
     assert [len(r) for r in runs] == [1, 1]

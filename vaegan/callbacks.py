@@ -20,6 +20,7 @@ from torchvision.utils import save_image
 
 from vaegan import panels
 from vaegan.files import write_atomic
+from vaegan.module import images_of
 
 
 class IterationCheckpoint(L.Callback):
@@ -138,7 +139,7 @@ class TrainingStats(L.Callback):
         if self._since is None:  # the clock starts at the end of the first batch (after warm-up)
             self._since, self._images = (now, it), 0
             return
-        self._images += len(batch[0] if isinstance(batch, (list, tuple)) else batch)
+        self._images += len(images_of(batch))
         if it % self.every:
             return
         seconds, iterations = now - self._since[0], it - self._since[1]

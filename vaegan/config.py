@@ -95,6 +95,9 @@ class TensorBoardLoggerConfig:
     subdir: str = "tensorboard"
 
 
+WANDB_MODES = ("auto", "online", "offline", "disabled")  # logger.wandb.mode (vaegan.tracking.resolve_mode)
+
+
 @dataclass
 class WandbLoggerConfig:
     """Weights & Biases (vaegan.tracking): never prompts, falls back to offline."""
@@ -246,8 +249,7 @@ def validate(cfg: DictConfig) -> None:
     _require(ev.num_samples >= 2, "callbacks.evaluation.num_samples", ev.num_samples, "must be >= 2")
     if cfg.logger.wandb is not None:
         w = cfg.logger.wandb
-        _require(w.mode in ("auto", "online", "offline", "disabled"), "logger.wandb.mode", w.mode,
-                 "use auto, online, offline or disabled")
+        _require(w.mode in WANDB_MODES, "logger.wandb.mode", w.mode, f"use one of {', '.join(WANDB_MODES)}")
         _require(w.init_timeout > 0, "logger.wandb.init_timeout", w.init_timeout, "must be a positive number of seconds")
     validate_metrics(cfg.metrics)
 

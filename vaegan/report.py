@@ -173,11 +173,16 @@ def _cell(v) -> str:
     return "" if v is None else f"{v:.6g}" if isinstance(v, float) else str(v)
 
 
+def write_table_csv(header: list[str], rows: list[list], path: Path) -> Path:
+    """A CSV file of ``header`` and ``rows`` (cells through ``_cell``), written atomically."""
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows([header] + [[_cell(v) for v in row] for row in rows])
+    return write_atomic(path, lambda tmp: tmp.write_text(buf.getvalue()))
+
+
 def write_csv(rows: list[dict], path: Path) -> Path:
     """``table1.csv``: one row per variant, columns COLUMNS."""
-    buf = io.StringIO()
-    csv.writer(buf, lineterminator="\n").writerows([COLUMNS] + [[_cell(row[c]) for c in COLUMNS] for row in rows])
-    return write_atomic(path, lambda tmp: tmp.write_text(buf.getvalue()))
+    return write_table_csv(COLUMNS, [[row[c] for c in COLUMNS] for row in rows], path)
 
 
 def _pm(mean: float | None, std: float | None, digits: int) -> str:

@@ -9,8 +9,6 @@ ranked ascending by mean FID when every one has an FID, else by mean final M. Wr
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import sys
 from dataclasses import asdict, dataclass, fields
@@ -22,7 +20,7 @@ from omegaconf import OmegaConf
 
 from vaegan.equilibrium import Diagnostics, diagnose_curves, error_curve
 from vaegan.files import write_atomic
-from vaegan.report import Run, _pm, _value, final_value, mean_std
+from vaegan.report import Run, _pm, _value, final_value, mean_std, write_table_csv
 
 FIELDS = [f.name for f in fields(Diagnostics)]
 SUMMARY = [*FIELDS, "final_M", "fid"]  # averaged over the runs of a configuration
@@ -111,17 +109,10 @@ def rank(rows: list[dict]) -> tuple[str, list[dict]]:
     return OBJECTIVES[key], [{**r, "rank": i} for i, r in enumerate(ranked, 1)]
 
 
-def _cell(v) -> str:
-    """CSV cell: floats with 6 significant digits, None empty."""
-    return "" if v is None else f"{v:.6g}" if isinstance(v, float) else str(v)
-
-
 def write_csv(entries: list[Entry], path: Path) -> Path:
     """``equilibrium.csv``: one row per run, columns RUN_COLUMNS."""
     rows = [[e.run.rel, e.configuration, e.run.variant, e.run.seed, *e.values().values()] for e in entries]
-    buf = io.StringIO()
-    csv.writer(buf, lineterminator="\n").writerows([RUN_COLUMNS] + [[_cell(v) for v in row] for row in rows])
-    return write_atomic(path, lambda tmp: tmp.write_text(buf.getvalue()))
+    return write_table_csv(RUN_COLUMNS, rows, path)
 
 
 def _fixed(scale: float, digits: int) -> Callable[[float | None, float | None], str]:

@@ -30,11 +30,10 @@ from urllib.parse import urlparse
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
-from vaegan.config import ConfigError
+from vaegan.config import WANDB_MODES, ConfigError
 from vaegan.files import write_atomic
 
 log = logging.getLogger(__name__)
-MODES = ("auto", "online", "offline", "disabled")
 RUN_FILE = "wandb_run.json"
 MAX_CHART_POINTS = 1000  # per series of the equilibrium chart
 DEFAULT_HOST = "https://api.wandb.ai"
@@ -54,8 +53,8 @@ def has_credentials() -> bool:
 
 def resolve_mode(requested: str) -> tuple[str, str | None]:
     """(mode to start in, warning or None) for ``logger.wandb.mode``; never a mode that prompts."""
-    if requested not in MODES:
-        raise ConfigError(f"logger.wandb.mode={requested!r}: use one of {', '.join(MODES)}")
+    if requested not in WANDB_MODES:
+        raise ConfigError(f"logger.wandb.mode={requested!r}: use one of {', '.join(WANDB_MODES)}")
     if requested == "auto" and os.environ.get("WANDB_MODE") in ("offline", "dryrun", "disabled"):
         requested = "disabled" if os.environ["WANDB_MODE"] == "disabled" else "offline"  # the user's W&B setting
     if requested in ("offline", "disabled"):
@@ -128,7 +127,7 @@ def start_run(cfg: DictConfig, out: Path) -> Any:
             raise
         log.warning(f"W&B: could not start online within {w.init_timeout:g} s ({type(err).__name__}: "
                     f"{str(err).splitlines()[0][:160] if str(err) else 'no message'}); logging offline instead")
-        run = wandb.init(mode="offline", settings=wandb.Settings(init_timeout=float(w.init_timeout)), **kwargs)
+        run = wandb.init(mode="offline", settings=settings, **kwargs)
     if mode != "disabled":
         record = {"id": run.id, "project": w.project, "entity": w.entity, "group": kwargs["group"],
                   "mode": "offline" if run.offline else "online"}
