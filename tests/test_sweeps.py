@@ -114,5 +114,26 @@ def test_the_slurm_launcher_config_composes_for_a_cluster_sweep():
     assert result.returncode == 0, result.stderr[-3000:]
     launcher = yaml.safe_load(result.stdout)["hydra"]["launcher"]
     assert launcher["_target_"] == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
-    assert (launcher["partition"], launcher["gpus_per_node"], launcher["tasks_per_node"]) == ("gpu", 1, 1)
+    assert launcher["partition"] == "gpu"
+    assert launcher["gpus_per_node"] == launcher["tasks_per_node"] == "${trainer.devices}"  # one task per GPU
+    assert launcher["max_num_timeout"] > 0  # requeued on time-out
     assert launcher["submitit_folder"].endswith("/.submitit/%j")
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    ([], (1, 1, 1)),
+    (["trainer=ddp", "trainer.devices=8", "trainer.num_nodes=2"], (2, 8, 8)),
+])
+def test_slurm_tasks_and_gpus_follow_the_trainer(overrides, expected):
+    """SLURM starts one task per GPU on every node: (nodes, tasks_per_node, gpus_per_node)."""
+    from hydra import compose, initialize_config_dir
+
+    from tests.conftest import CONF
+    from vaegan.config import register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=["+experiment=quickstart", "hydra/launcher=slurm", *overrides],
+                      return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == expected

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torchvision.utils import save_image
 
-from vaegan import panels
+from vaegan import checkpoints, distributed, panels
 from vaegan.files import write_atomic
 from vaegan.module import images_of
 
@@ -36,7 +38,9 @@ class IterationCheckpoint(L.Callback):
         self.every, self.keep_every = every_n_iterations, keep_every_n_iterations
         self._saved_at = -1
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, *args: Any) -> None:
+        if isinstance(outputs, dict) and not outputs.get("stepped", True):
+            return  # a skipped (non-finite) iteration: the last good checkpoint stays
         it = pl_module.iteration
         keep = self.keep_every > 0 and it % self.keep_every == 0
         if keep or it % self.every == 0:
@@ -52,18 +56,67 @@ class IterationCheckpoint(L.Callback):
             self.save_last(trainer, pl_module.iteration)
 
     def save_last(self, trainer: L.Trainer, iteration: int) -> None:
-        save_checkpoint_atomically(trainer, self.dirpath / "last.ckpt")
+        checkpoints.save_checkpoint_atomically(trainer, self.dirpath / "last.ckpt")
         self._saved_at = iteration
 
 
-def save_checkpoint_atomically(trainer: L.Trainer, path: Path) -> None:
-    """The full training state (optimizers, callbacks, loops) to ``path`` through a temporary file,
-    so an interrupted write never replaces a good checkpoint. Called on every rank."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    trainer.save_checkpoint(tmp, weights_only=False)
-    if trainer.is_global_zero:
-        os.replace(tmp, path)
-    trainer.strategy.barrier("save_checkpoint_atomically")
+class Interrupted(Exception):
+    """Training stopped on a signal after writing last.ckpt."""
+
+    def __init__(self, signum: int, iteration: int, path: Path):
+        self.signum, self.iteration, self.path = signum, iteration, path
+        super().__init__(f"stopped by {signal.Signals(signum).name} after iteration {iteration}, saved in {path}; "
+                         f"to continue, rerun the same command with ckpt_path={path}")
+
+
+class PreemptionCheckpoint(L.Callback):
+    """On SIGTERM, SIGUSR1 or SIGUSR2 (``signals``), the run finishes its iteration, writes
+    ``last.ckpt`` and stops; ``train`` then raises ``Interrupted``. The handler only sets a flag;
+    the ranks agree on it after every iteration, so all of them save the same iteration.
+
+    A handler the signal had when this callback was made, before the Trainer added its own
+    (submitit's requeue on SLURM, for which Lightning's SLURM requeue is turned off), is called
+    after the checkpoint is written.
+    """
+
+    def __init__(self, checkpoint: IterationCheckpoint, signals: tuple[str, ...] = ("SIGTERM", "SIGUSR1", "SIGUSR2")):
+        self.checkpoint, self.signals = checkpoint, [signal.Signals[name] for name in signals]
+        self.received: int | None = None
+        self.interrupted: Interrupted | None = None
+        self._outer = {signum: signal.getsignal(signum) for signum in self.signals}
+        self._previous: dict[int, Any] = {}
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # only the main thread can install signal handlers
+        for signum in self.signals:
+            self._previous[signum] = signal.signal(signum, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.received = self.received or signum
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        if not distributed.any_rank(self.received is not None, pl_module.device):
+            return
+        signum = self.received or signal.SIGTERM  # a rank that was not signalled follows the others
+        self.checkpoint.save_last(trainer, pl_module.iteration)
+        self.interrupted = Interrupted(signum, pl_module.iteration, self.checkpoint.dirpath / "last.ckpt")
+        trainer.should_stop = True
+        self._restore()
+        outer = self._outer.get(signum)
+        if callable(outer):
+            outer(signum, None)  # e.g. submitit: requeue the job (rank 0), then exit
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restore()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._restore()
+
+    def _restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+        self._previous = {}
 
 
 class ImageLogger(L.Callback):

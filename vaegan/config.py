@@ -27,9 +27,30 @@ class ControllerConfig:
 
 
 @dataclass
+class ClipConfig:
+    """Gradient-norm caps per network, applied in the training step (None = no clipping)."""
+
+    encoder: Optional[float] = None
+    generator: Optional[float] = None
+    discriminator: Optional[float] = None
+
+
+@dataclass
 class OptimizerConfig:
     lr: float = 5e-5
     betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
+    clip: ClipConfig = field(default_factory=ClipConfig)
+
+
+@dataclass
+class EMAConfig:
+    decay: float = 0.0  # EMA of the generator's weights for every output (0 = off; e.g. 0.999)
+    start: int = 0  # iterations before averaging starts (outputs use the trained weights until then)
+
+
+@dataclass
+class GuardConfig:
+    max_bad_in_a_row: int = 10  # non-finite iterations (skipped) in a row before training stops
 
 
 @dataclass
@@ -47,6 +68,8 @@ class ModelConfig:
     kl_reduction: str = "mean"
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     controller: ControllerConfig = field(default_factory=ControllerConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    guard: GuardConfig = field(default_factory=GuardConfig)
 
 
 @dataclass
@@ -75,10 +98,10 @@ class TrainerConfig:
     """Keyword arguments of ``lightning.Trainer`` (max_steps is derived from ``iterations``)."""
 
     accelerator: str = "auto"
-    devices: Any = 1
+    devices: Any = 1  # per node; data.batch_size is per device
     num_nodes: int = 1
-    strategy: str = "auto"
-    precision: str = "32-true"
+    strategy: str = "auto"  # auto (one process) | ddp (vaegan.distributed)
+    precision: str = "32-true"  # 32-true | bf16-mixed
     log_every_n_steps: int = 10  # in iterations; 1 logs every iteration
     deterministic: bool = False
     benchmark: Optional[bool] = None
@@ -123,6 +146,7 @@ class LoggerConfig:
 class CheckpointConfig:
     every_n_iterations: int = 1000  # refreshes last.ckpt
     keep_every_n_iterations: int = 0  # also keep iter_XXXXXXX.ckpt copies at this interval (0 = never)
+    on_signals: list[str] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1", "SIGUSR2"])  # save last.ckpt, stop
 
 
 @dataclass
@@ -190,7 +214,8 @@ class TrainConfig:
     run_name: str = "default"
     iterations: int = 300_000  # the paper's iterations: batches, not optimizer steps
     seed: int = 0
-    ckpt_path: Optional[str] = None  # resume from this checkpoint
+    ckpt_path: Optional[str] = None  # resume from this checkpoint (default: the run dir's own last.ckpt, if any)
+    ckpt_weights_only: bool = True  # false unpickles arbitrary objects: only for checkpoints you trust
     objective: str = "auto"  # what run.py returns (sweeps minimise it): auto = metrics/fid with evaluation on, else train/M
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -236,8 +261,16 @@ def validate(cfg: DictConfig) -> None:
     _require(c.smoothing >= 1, "model.controller.smoothing", c.smoothing, "must be >= 1 (1 = no smoothing)")
     _require(0 <= c.k_init <= 1, "model.controller.k_init", c.k_init, "must lie in [0, 1]")
     _require(m.optimizer.lr > 0, "model.optimizer.lr", m.optimizer.lr, "must be positive")
+    for name, cap in m.optimizer.clip.items():
+        _require(cap is None or cap > 0, f"model.optimizer.clip.{name}", cap, "must be a positive gradient norm, or null")
+    _require(0 <= m.ema.decay < 1, "model.ema.decay", m.ema.decay, "must lie in [0, 1) (0 = no EMA; 0.999 is usual)")
+    _require(m.ema.start >= 0, "model.ema.start", m.ema.start, "must be >= 0 iterations")
+    _require(m.guard.max_bad_in_a_row >= 1, "model.guard.max_bad_in_a_row", m.guard.max_bad_in_a_row, "must be >= 1")
     _require(len(m.optimizer.betas) == 2, "model.optimizer.betas", list(m.optimizer.betas), "needs two values")
-    _require(cfg.trainer.log_every_n_steps >= 1, "trainer.log_every_n_steps", cfg.trainer.log_every_n_steps, "must be >= 1")
+    validate_trainer(cfg.trainer)
+    signals = list(cfg.callbacks.checkpoint.on_signals)
+    unknown_signals = [name for name in signals if name not in ("SIGTERM", "SIGUSR1", "SIGUSR2", "SIGINT", "SIGHUP")]
+    _require(not unknown_signals, "callbacks.checkpoint.on_signals", signals, "choose from SIGTERM, SIGUSR1, SIGUSR2, SIGINT, SIGHUP")
     for key in ("checkpoint", "images"):
         n = cfg.callbacks[key].every_n_iterations
         _require(n >= 1, f"callbacks.{key}.every_n_iterations", n, "must be >= 1")
@@ -252,6 +285,22 @@ def validate(cfg: DictConfig) -> None:
         _require(w.mode in WANDB_MODES, "logger.wandb.mode", w.mode, f"use one of {', '.join(WANDB_MODES)}")
         _require(w.init_timeout > 0, "logger.wandb.init_timeout", w.init_timeout, "must be a positive number of seconds")
     validate_metrics(cfg.metrics)
+
+
+PRECISIONS = ("32-true", "32", "bf16-mixed")
+
+
+def validate_trainer(t: DictConfig) -> None:
+    _require(t.log_every_n_steps >= 1, "trainer.log_every_n_steps", t.log_every_n_steps, "must be >= 1")
+    _require(t.strategy in ("auto", "ddp"), "trainer.strategy", t.strategy,
+             "use auto (one process) or ddp (trainer=ddp on GPUs, trainer=ddp_cpu on CPUs); other strategies cannot "
+             "run three optimizers on gradients of one forward pass")
+    fp16 = str(t.precision) in ("16", "16-mixed", "16-true")
+    _require(not fp16, "trainer.precision", t.precision,
+             "fp16 needs a gradient scaler per optimizer, and Lightning's single scaler under manual optimization "
+             "would unscale the later optimizers' gradients with a changed scale; use bf16-mixed (Ampere or newer "
+             "GPUs, and CPUs) or 32-true")
+    _require(str(t.precision) in PRECISIONS, "trainer.precision", t.precision, f"use one of {', '.join(PRECISIONS)}")
 
 
 def validate_metrics(mt: DictConfig) -> None:

@@ -79,7 +79,7 @@ class EquilibriumCallback(L.Callback):
         pl_module.k = self.controller.k  # k_{t-1} for L_dis (Eq. 13)
 
     def on_train_batch_end(self, trainer, pl_module, outputs: Any, batch: Any, batch_idx: int) -> None:
-        k = self.controller.update(outputs["e"].item())
+        k = self.controller.update(outputs["e"].item()) if outputs["stepped"] else self.controller.k  # skipped: k stays
         pl_module.log("train/k", k, prog_bar=True)
         pl_module.log_dict({f"train/k_{name}": v for name, v in self.controller.terms.items()})
 

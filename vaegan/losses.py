@@ -21,8 +21,9 @@ def reparameterize(mu: Tensor, logvar: Tensor, eps: Tensor) -> Tensor:
 
 
 def l1(a: Tensor, b: Tensor) -> Tensor:
-    """(1/|a|) ||a - b||_1, the mean absolute error every loss below is made of."""
-    return (a - b).abs().mean()
+    """(1/|a|) ||a - b||_1, the mean absolute error every loss below is made of; in float32 even
+    under bf16 autocast, so that e_t and k_t keep their precision (a no-op for float32 inputs)."""
+    return (a.float() - b.float()).abs().mean()
 
 
 def content_loss(x: Tensor, x_v: Tensor) -> Tensor:
@@ -36,6 +37,7 @@ def kl_loss(mu: Tensor, logvar: Tensor, reduction: KLReduction = "mean") -> Tens
     ``mean`` averages over batch and latent dimensions (this project's default, SPEC.md);
     ``sum_latent`` sums over the latent dimensions and averages over the batch (the usual ELBO).
     """
+    mu, logvar = mu.float(), logvar.float()  # float32 under bf16 autocast too
     kl = -0.5 * (1.0 + logvar - mu.pow(2) - logvar.exp())
     if reduction == "mean":
         return kl.mean()

@@ -31,16 +31,24 @@ def objective_of(cfg: DictConfig, metrics: dict[str, float]) -> float | None:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Trains one run; returns its objective (``objective_of``), which sweeps minimise."""
-    from vaegan.data import DataError  # imported here, like train, so that --help and config errors stay fast
-    from vaegan.metrics import MetricsError
-    from vaegan.train import train
-
     # Hydra's logging config already prints to the console and run.log; Lightning's own
     # console handler would print every message twice.
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).handlers.clear()
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")  # Lightning internals
+    return execute(cfg)
 
+
+def execute(cfg: DictConfig) -> float | None:
+    """Trains ``cfg``; known failures exit with one line naming the problem and the fix (a
+    signal-stopped run with status 128 + the signal's number, as a killed process would)."""
+    from vaegan.callbacks import Interrupted  # imported here, like train, so that --help and config errors stay fast
+    from vaegan.checkpoints import CheckpointError
+    from vaegan.data import DataError
+    from vaegan.guard import DivergenceError
+    from vaegan.metrics import MetricsError
+    from vaegan.train import train
+
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")  # Lightning internals
     try:
         return objective_of(cfg, train(cfg))
     except ConfigError as err:
@@ -49,6 +57,13 @@ def main(cfg: DictConfig) -> float | None:
         sys.exit(f"Data error: {err}")
     except MetricsError as err:
         sys.exit(f"Metrics error: {err}")
+    except CheckpointError as err:
+        sys.exit(f"Checkpoint error: {err}")
+    except DivergenceError as err:
+        sys.exit(f"Training diverged: {err}")
+    except Interrupted as err:
+        print(f"Interrupted: {err}", file=sys.stderr)
+        sys.exit(128 + err.signum)
 
 
 if __name__ == "__main__":

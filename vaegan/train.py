@@ -7,12 +7,13 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
-from vaegan import tracking
-from vaegan.callbacks import ImageLogger, IterationCheckpoint, IterationProgressBar, TrainingStats
-from vaegan.config import ConfigError, validate
+from vaegan import checkpoints, distributed, tracking
+from vaegan.callbacks import ImageLogger, IterationCheckpoint, IterationProgressBar, PreemptionCheckpoint, TrainingStats
+from vaegan.config import validate
 from vaegan.controller import EquilibriumCallback
 from vaegan.data import DATAMODULES, ArrayDataModule, CachedDataModule, build_datamodule
 from vaegan.metrics import Extractor
@@ -45,14 +46,17 @@ def build_module(cfg: DictConfig) -> VAEGANModule:
         image_size=cfg.data.image_size, channels=cfg.data.channels, width=m.width, latent_dim=m.latent_dim,
         vae=m.vae, discriminator=m.discriminator, lsm=m.lsm, alpha=m.alpha, beta=m.beta, gamma=m.gamma,
         eta=m.eta, kl_reduction=m.kl_reduction, lr=m.optimizer.lr, betas=tuple(m.optimizer.betas),
-        seed=cfg.seed, variant=m.name,
+        seed=cfg.seed, variant=m.name, ema_decay=m.ema.decay, ema_start=m.ema.start,
+        clip=OmegaConf.to_container(m.optimizer.clip), max_bad_in_a_row=m.guard.max_bad_in_a_row,
     )
 
 
 def build_callbacks(cfg: DictConfig, module: VAEGANModule, out: Path, extractor: Extractor | None = None) -> list[L.Callback]:
     c = cfg.callbacks
+    checkpoint = IterationCheckpoint(out / "checkpoints", c.checkpoint.every_n_iterations, c.checkpoint.keep_every_n_iterations)
     callbacks: list[L.Callback] = [
-        IterationCheckpoint(out / "checkpoints", c.checkpoint.every_n_iterations, c.checkpoint.keep_every_n_iterations),
+        checkpoint,
+        PreemptionCheckpoint(checkpoint, tuple(c.checkpoint.on_signals)),
         ImageLogger(out, c.images.every_n_iterations, c.images.num_samples, c.images.num_reconstructions, cfg.seed,
                     c.images.num_interpolations, c.images.interpolation_steps),
     ]
@@ -84,33 +88,38 @@ def keep_previous_metrics(out: Path) -> None:
 def build_loggers(cfg: DictConfig, out: Path) -> list[Logger]:
     loggers: list[Logger] = []
     if cfg.logger.csv is not None:  # -> <out>/metrics.csv, <out>/hparams.yaml
-        keep_previous_metrics(out)
+        if distributed.global_rank() == 0:
+            keep_previous_metrics(out)
         warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
         loggers.append(CSVLogger(out, name="", version="", flush_logs_every_n_steps=cfg.logger.csv.flush_every_n_iterations))
     if cfg.logger.tensorboard is not None:
         loggers.append(TensorBoardLogger(out, name=cfg.logger.tensorboard.subdir, version="", default_hp_metric=False))
-    if cfg.logger.wandb is not None:  # -> <out>/wandb/, <out>/wandb_run.json
+    if cfg.logger.wandb is not None and distributed.global_rank() == 0:  # -> <out>/wandb/, <out>/wandb_run.json
         loggers.append(tracking.wandb_logger(cfg, out))
     return loggers
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Trains ``cfg.iterations`` iterations (resuming from ``cfg.ckpt_path`` if set); returns the
-    last logged metrics."""
+    """Trains ``cfg.iterations`` iterations (resuming from ``cfg.ckpt_path``, or from the run
+    directory's own last.ckpt when it has one); returns the last logged metrics. Raises
+    ``Interrupted`` when a signal stopped training after saving last.ckpt."""
     validate(cfg)
-    if cfg.ckpt_path is not None and not Path(cfg.ckpt_path).is_file():
-        raise ConfigError(f"ckpt_path={cfg.ckpt_path!r}: no such checkpoint file (resume from <run dir>/checkpoints/last.ckpt)")
     # The Inception weights are checked before anything else, so an offline machine fails in seconds.
     extractor = None
     if cfg.callbacks.evaluation.every_n_iterations:
         extractor = extractor_from(cfg.metrics, resolve_device(cfg.metrics.device))
     out = Path(cfg.paths.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-
     datamodule = build_datamodule_from(cfg)
     module = build_module(cfg)
+    cfg.ckpt_path = checkpoints.resume_path(cfg.ckpt_path, out)
+    if cfg.ckpt_path is not None:  # fails in seconds, naming the problem, instead of deep in Lightning
+        ckpt = checkpoints.load(cfg.ckpt_path, cfg.ckpt_weights_only)
+        checkpoints.check_resumable(ckpt, cfg.ckpt_path, dict(module.hparams))
+        del ckpt
+    if distributed.global_rank() == 0:  # also the config that ranks started by vaegan.distributed read
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     warnings.filterwarnings("ignore", message=".*val_dataloader.* but have no `validation_step`")  # held-out data is for evaluation
     loggers = build_loggers(cfg, out)
     failed = True
@@ -125,8 +134,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
 def fit(cfg: DictConfig, datamodule: ArrayDataModule, module: VAEGANModule, callbacks: list[L.Callback],
         loggers: list[Logger], out: Path) -> dict[str, float]:
     """Runs the Lightning Trainer; returns the last logged metrics."""
+    options = OmegaConf.to_container(cfg.trainer)
+    if options["strategy"] == "ddp":
+        options["strategy"] = distributed.ManualDDPStrategy(config_file=out / "config.yaml")
+    plugins = [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else None  # submitit requeues
     trainer = L.Trainer(
-        **OmegaConf.to_container(cfg.trainer),
+        **options,
+        plugins=plugins,
+        use_distributed_sampler=False,  # the datamodule shards batches by rank itself
         max_steps=cfg.iterations * len(module.networks),  # Lightning counts optimizer steps
         max_epochs=-1,
         callbacks=callbacks,
@@ -137,5 +152,8 @@ def fit(cfg: DictConfig, datamodule: ArrayDataModule, module: VAEGANModule, call
         limit_val_batches=0,
         num_sanity_val_steps=0,
     )
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=cfg.ckpt_weights_only)
+    interrupted = next((c.interrupted for c in callbacks if isinstance(c, PreemptionCheckpoint)), None)
+    if interrupted is not None:
+        raise interrupted
     return {name: float(value) for name, value in trainer.callback_metrics.items()}

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from vaegan.data.cache import ImageArrays, load_or_build
 from vaegan.data.errors import DataError
@@ -68,6 +68,54 @@ class CachedImages(Dataset):
             raise IndexError(position)
         image = torch.from_numpy(np.array(self.images[self.indices[position]]))
         return image if self.target is None else (image, self.target[position])
+
+
+class IterationBatchSampler(Sampler[list[int]]):
+    """Training batches as a pure function of (seed, iteration, rank, world size).
+
+    Epoch e is a permutation of the dataset seeded by (seed, e), cut into global batches of
+    ``batch_size * world_size`` images; rank r takes the r-th slice of each. Each new iterator
+    starts at the batch of ``iteration()`` (the iterations already trained), so a run resumed
+    mid-epoch continues with exactly the batches it had not seen, whatever a prefetching loader
+    had read ahead before it was killed; and N ranks together see the batches one process with
+    N times the batch size would.
+    """
+
+    def __init__(self, length: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 iteration=lambda: 0):
+        self.length, self.batch_size, self.seed = length, batch_size, seed
+        self.rank, self.world_size, self.iteration = rank, world_size, iteration
+        self.global_batch = batch_size * world_size
+        if length < self.global_batch:
+            raise DataError(f"the {length} training images make no global batch of {self.global_batch} "
+                            f"(data.batch_size={batch_size} x {world_size} processes); lower data.batch_size")
+
+    def __len__(self) -> int:
+        return self.length // self.global_batch
+
+    def batch(self, iteration: int) -> list[int]:
+        """The dataset positions of this rank's batch at ``iteration``."""
+        epoch, index = divmod(iteration, len(self))
+        order = np.random.default_rng([self.seed, epoch]).permutation(self.length)
+        start = index * self.global_batch + self.rank * self.batch_size
+        return order[start:start + self.batch_size].tolist()
+
+    def __iter__(self):
+        start = self.iteration()
+        first = start - start % len(self)
+        for iteration in range(start, first + len(self)):
+            yield self.batch(iteration)
+
+
+class IterationDataLoader(DataLoader):
+    """A DataLoader whose position is the trainer's iteration (``IterationBatchSampler``), which
+    the checkpoint already holds; the state methods tell Lightning it resumes mid-epoch exactly."""
+
+    def state_dict(self) -> dict:
+        return {"iteration": self.batch_sampler.iteration()}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass  # the position comes back with the trainer's global step
 
 
 class ArrayDataModule(L.LightningDataModule):
@@ -135,7 +183,15 @@ class ArrayDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self.dataloader("train", shuffle=True, drop_last=True)
+        """Batches by iteration (``IterationBatchSampler``), this rank's share of each global batch."""
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        iteration = (lambda: trainer.lightning_module.iteration) if trainer is not None else (lambda: 0)
+        dataset = self.dataset("train")
+        sampler = IterationBatchSampler(len(dataset), self.batch_size, self.seed, rank, world, iteration)
+        return IterationDataLoader(dataset, batch_sampler=sampler, num_workers=self.num_workers,
+                                   persistent_workers=self.num_workers > 0, collate_fn=already_batched,
+                                   pin_memory=torch.cuda.is_available())
 
     def val_dataloader(self) -> DataLoader:
         return self.dataloader(self.val_split)
@@ -147,11 +203,14 @@ class ArrayDataModule(L.LightningDataModule):
         """uint8 -> [-1, 1] floats on the device; random flips (``flip``) while training only."""
         images, rest = (batch[0], tuple(batch[1:])) if isinstance(batch, (tuple, list)) else (batch, None)
         flip = self.flip and self.trainer is not None and self.trainer.training
-        generator = None
-        if flip:
-            iteration = getattr(self.trainer.lightning_module, "iteration", self.trainer.global_step)
+        flips = None
+        if flip:  # drawn for the global batch, this rank's share taken, as for the training noise
+            trainer, n = self.trainer, len(images)
+            iteration = getattr(trainer.lightning_module, "iteration", trainer.global_step)
             generator = torch.Generator(images.device).manual_seed(self.seed * 1_000_003 + iteration + FLIP_STREAM)
-        x = to_model_input(images, flip, generator)
+            flips = torch.rand(n * trainer.world_size, generator=generator, device=images.device) < 0.5
+            flips = flips[trainer.global_rank * n:(trainer.global_rank + 1) * n]
+        x = to_model_input(images, flip, flips=flips)
         return x if rest is None else (x, *rest)
 
     def fixed_images(self, n: int) -> Tensor:

@@ -43,11 +43,13 @@ def crop_and_resize(img: Image.Image, size: int, crop: int | None = None, channe
     return out[..., None] if out.ndim == 2 else out
 
 
-def to_model_input(x: Tensor, flip: bool = False, generator: torch.Generator | None = None) -> Tensor:
+def to_model_input(x: Tensor, flip: bool = False, generator: torch.Generator | None = None,
+                   flips: Tensor | None = None) -> Tensor:
     """uint8 images (N, H, W, C) -> float (N, C, H, W) in [-1, 1], each image mirrored left-right
-    with probability 1/2 when ``flip``. Works on whole batches, on whatever device ``x`` lives."""
+    with probability 1/2 when ``flip`` (or where the boolean ``flips`` is true, when given). Works on
+    whole batches, on whatever device ``x`` lives."""
     if flip:  # on the uint8 pixels: a quarter of the bytes of the floats
-        mirror = torch.rand(x.shape[0], device=x.device, generator=generator) < 0.5
+        mirror = torch.rand(x.shape[0], device=x.device, generator=generator) < 0.5 if flips is None else flips
         x = mirror_rows(x, mirror, select=x.device.type == "cpu")
     x = x.permute(0, 3, 1, 2).to(torch.float32, memory_format=torch.contiguous_format)
     return x.mul_(1 / 127.5).sub_(1.0)

@@ -10,7 +10,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
-from vaegan.callbacks import save_checkpoint_atomically
+from vaegan.checkpoints import save_checkpoint_atomically
 from vaegan.metrics.extractors import Extractor
 from vaegan.metrics.fidelity import evaluate_generator
 
@@ -41,8 +41,12 @@ class EvaluationCallback(L.Callback):
         values: dict[str, float] | None = None
         if trainer.is_global_zero:
             self.extractor.network.to(pl_module.device)
-            result = evaluate_generator(pl_module.generator, pl_module.hparams.latent_dim, trainer.datamodule,
-                                        self.extractor, **{**self.kwargs, "device": pl_module.device})
+            # VAEGANModule's outputs come from its EMA generator when it keeps one; any module with a
+            # ``generator`` can be evaluated.
+            generator = getattr(pl_module, "output_generator", pl_module.generator)
+            result = evaluate_generator(generator, pl_module.hparams.latent_dim, trainer.datamodule, self.extractor,
+                                        **{**self.kwargs, "device": pl_module.device},
+                                        weights=getattr(pl_module, "output_weights", "raw"))
             values = result.values
             if not self._announced:  # the protocol, once per run
                 rank_zero_info(f"evaluation protocol {result.protocol.key()}:\n  " + "\n  ".join(result.protocol.lines()))

@@ -38,7 +38,7 @@ class Protocol:
     prc_neighborhood: int
     torch_fidelity: str  # library version that computed the metrics
     model_mode: str = "eval"
-    weights: str = "raw"  # the trained generator's weights (the model keeps no EMA copy)
+    weights: str = "raw"  # raw: the trained generator; ema: its moving average (model.ema.decay > 0)
     precision: str = "fp32"
     sample_quantization: str = "generated images rounded to uint8, as the real images are stored"
 

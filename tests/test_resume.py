@@ -1,0 +1,149 @@
+"""Runs that survive anything: SIGKILL at random moments then resume gives bit-identical weights;
+SIGTERM writes last.ckpt and exits; a requeue handler (submitit's) runs after the checkpoint."""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from tests.conftest import ROOT, TINY
+from vaegan.callbacks import Interrupted
+from vaegan.train import train
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+ITERATIONS = 120
+RUN = [*TINY, f"iterations={ITERATIONS}", "callbacks.checkpoint.every_n_iterations=5", "trainer.deterministic=true",
+       "callbacks.images.every_n_iterations=40"]
+
+
+def start(*overrides: str) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "vaegan.run", *overrides], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, f"the run ended before {path} appeared: {proc.stderr.read()[-2000:]}"
+        assert time.monotonic() < deadline, f"no {path} after {timeout} s"
+        time.sleep(0.05)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str]:
+    _, err = proc.communicate(timeout=timeout)
+    return proc.returncode, err
+
+
+def training_state(path: Path) -> dict:
+    ckpt = torch.load(path, weights_only=True)
+    return {"global_step": ckpt["global_step"], "state_dict": ckpt["state_dict"],
+            "optimizers": ckpt["optimizer_states"], "callbacks": ckpt["callbacks"]}
+
+
+def assert_identical(a, b, where: str = "") -> None:
+    """Equal structures whose tensors are bit for bit equal."""
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            assert_identical(a[key], b[key], f"{where}/{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_identical(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path):
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    code, err = finish(start(*RUN, f"hydra.run.dir={reference}"))
+    assert code == 0, err[-2000:]
+    rng = random.Random(int(time.time()))  # a new set of kill points each time; printed on failure
+    last = killed / "checkpoints" / "last.ckpt"
+    kills = []
+    for attempt in range(3):
+        # The same command each time: a run directory holding last.ckpt resumes from it; the second
+        # attempt names it with ckpt_path=, as a user resuming elsewhere would.
+        extra = [f"ckpt_path={last}"] if attempt == 1 else []
+        proc = start(*RUN, f"hydra.run.dir={killed}", *extra)
+        wait_for(last, proc)
+        before = torch.load(last, weights_only=True)["global_step"] // 3 if attempt else 0
+        delay = rng.uniform(0.2, 2.0)
+        time.sleep(delay)
+        proc.kill()  # SIGKILL: no handler, no cleanup, possibly in the middle of a checkpoint write
+        proc.wait()
+        kills.append((round(delay, 2), before, torch.load(last, weights_only=True)["global_step"] // 3))
+    code, err = finish(start(*RUN, f"hydra.run.dir={killed}"))
+    assert code == 0, err[-2000:]
+    assert "dataloader is not resumable" not in err
+    progress = [k[2] for k in kills]
+    assert progress == sorted(progress) and progress[-1] < ITERATIONS, f"kills (delay s, from, saved): {kills}"
+    assert_identical(training_state(last), training_state(reference / "checkpoints" / "last.ckpt"), f"kills {kills}")
+    assert not list((killed / "checkpoints").glob(".*.tmp"))  # no half-written file left behind
+
+
+def test_sigterm_writes_last_ckpt_and_exits(tmp_path):
+    long_run = [*TINY, "iterations=100000", "callbacks.checkpoint.every_n_iterations=20", f"hydra.run.dir={tmp_path}"]
+    proc = start(*long_run)
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    wait_for(last, proc)
+    time.sleep(0.5)
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    code, err = finish(proc, timeout=30)
+    seconds = time.monotonic() - sent
+    assert code == 128 + signal.SIGTERM, err[-2000:]
+    assert seconds < 15
+    iteration = torch.load(last, weights_only=True)["global_step"] // 3
+    assert f"Interrupted: stopped by SIGTERM after iteration {iteration}" in err
+    assert iteration > 20  # saved where it stopped, not at the last periodic checkpoint
+    # It continues from there, to a new end.
+    code, err = finish(start(*long_run[:-1], f"iterations={iteration + 5}", f"ckpt_path={last}",
+                             f"hydra.run.dir={tmp_path}"))
+    assert code == 0, err[-2000:]
+    assert torch.load(last, weights_only=True)["global_step"] == 3 * (iteration + 5)
+
+
+class SignalAt(L.Callback):
+    """Sends ``signum`` to this process at the start of iteration ``iteration`` (1-based)."""
+
+    def __init__(self, signum: int, iteration: int):
+        self.signum, self.iteration = signum, iteration
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if pl_module.iteration + 1 == self.iteration:
+            os.kill(os.getpid(), self.signum)
+
+
+def test_requeue_signal_saves_then_calls_the_handler_it_found(compose_cfg, tmp_path, monkeypatch):
+    """As under submitit, whose SIGUSR2 handler requeues the job: it runs once last.ckpt holds the
+    iteration the signal stopped."""
+    import vaegan.train as train_module
+
+    calls = []
+    last = tmp_path / "checkpoints" / "last.ckpt"
+
+    def requeue(signum, frame):
+        calls.append((signum, torch.load(last, weights_only=True)["global_step"] // 3))
+
+    build = train_module.build_callbacks
+    monkeypatch.setattr(train_module, "build_callbacks", lambda *a, **k: build(*a, **k) + [SignalAt(signal.SIGUSR2, 7)])
+    original = signal.signal(signal.SIGUSR2, requeue)
+    try:
+        cfg = compose_cfg([*TINY, "iterations=50", "callbacks.checkpoint.every_n_iterations=5"], tmp_path)
+        with pytest.raises(Interrupted, match="stopped by SIGUSR2 after iteration 7"):
+            train(cfg)
+    finally:
+        signal.signal(signal.SIGUSR2, original)
+    assert calls == [(signal.SIGUSR2, 7)]

@@ -1,0 +1,81 @@
+"""Checkpoints: written through a temporary file, read without running code, checked against the
+run before it resumes from them.
+
+``torch.load(..., weights_only=True)`` unpickles tensors and plain containers only, so a file from
+a stranger cannot execute code. Every checkpoint this project writes loads that way; the opt-out
+``ckpt_weights_only=false`` exists for files written by other code and is unsafe for files you
+did not make.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+# Settings that change the shapes of the weights: a checkpoint resumes only a run that agrees on all.
+ARCHITECTURE = ("variant", "vae", "discriminator", "lsm", "image_size", "channels", "width", "latent_dim")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read, written or resumed; the message names the problem and the fix."""
+
+
+def load(path: str | Path, weights_only: bool = True) -> dict[str, Any]:
+    """The checkpoint at ``path`` (memory-mapped), or CheckpointError naming what is wrong with it."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file (resume from <run dir>/checkpoints/last.ckpt)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=weights_only, mmap=True)
+    except Exception as err:  # noqa: BLE001 - truncated, not a checkpoint, unsafe pickle: one message each
+        text = f"{type(err).__name__}: {str(err)[:300]}"
+        if weights_only and "Weights only load failed" in str(err):
+            raise CheckpointError(f"{path}: holds objects other than tensors, which can run code when loaded ({text.splitlines()[0]}); "
+                                  "if you trust the file, load it with ckpt_weights_only=false") from None
+        if "central directory" in str(err) or "zip archive" in str(err) or isinstance(err, EOFError):
+            raise CheckpointError(f"{path}: not a readable checkpoint, truncated or corrupt ({text}); resume from an earlier checkpoint "
+                                  "(checkpoints/iter_*.ckpt) or start again") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint ({text})") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
+        raise CheckpointError(f"{path}: not a vaegan training checkpoint (no state_dict or hyper_parameters)")
+    return ckpt
+
+
+def check_resumable(ckpt: dict[str, Any], path: str | Path, hparams: dict[str, Any]) -> None:
+    """Raises CheckpointError naming each architecture setting where the checkpoint and the run differ."""
+    saved = ckpt["hyper_parameters"]
+    keys = ARCHITECTURE + ("ema",)
+    mine = {**{k: hparams.get(k) for k in ARCHITECTURE}, "ema": hparams.get("ema_decay", 0.0) > 0}
+    theirs = {**{k: saved.get(k) for k in ARCHITECTURE}, "ema": saved.get("ema_decay", 0.0) > 0}
+    differ = [f"{key}: checkpoint {theirs[key]!r}, this run {mine[key]!r}" for key in keys if theirs[key] != mine[key]]
+    if differ:
+        raise CheckpointError(f"{path} was trained with other model settings ({'; '.join(differ)}); resume it with "
+                              "the settings of its run (its config.yaml), or start a new run without ckpt_path")
+
+
+def save_checkpoint_atomically(trainer: L.Trainer, path: Path) -> None:
+    """The full training state (optimizers, callbacks, loops) to ``path`` through a temporary file,
+    so a failed or interrupted write never replaces a good checkpoint. Called on every rank."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        trainer.save_checkpoint(tmp, weights_only=False)
+        if trainer.is_global_zero:
+            os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        kept = "the previous one is intact" if path.exists() else "no earlier one exists"
+        raise CheckpointError(f"could not write {path} ({err}); {kept}. Free disk space and resume from it") from None
+    trainer.strategy.barrier("save_checkpoint_atomically")
+
+
+def resume_path(ckpt_path: str | None, output_dir: Path) -> str | None:
+    """``ckpt_path``, or else the run directory's own ``checkpoints/last.ckpt`` when it exists: a
+    requeued SLURM job, or a command rerun with the same ``hydra.run.dir``, continues its run."""
+    if ckpt_path is not None:
+        return ckpt_path
+    last = output_dir / "checkpoints" / "last.ckpt"
+    return str(last) if last.is_file() else None
