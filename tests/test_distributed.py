@@ -2,8 +2,10 @@
 same global batch, are launched from the run's config, and do not repeat a multirun per rank."""
 
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -109,3 +111,48 @@ def test_a_global_batch_larger_than_the_data_is_refused():
 
     with pytest.raises(DataError, match=r"no global batch of 64 \(data.batch_size=32 x 2 processes\)"):
         IterationBatchSampler(50, 32, world_size=2)
+
+
+def test_slurm_tasks_become_the_ranks_without_a_relaunch(tmp_path, one_process):
+    """As srun starts them: one task per device, ranks from SLURM's variables; Lightning's SLURM
+    environment takes over (its own requeue off), and no task starts further processes."""
+    slurm = {"SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "vaegan", "SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2",
+             "SLURM_NNODES": "1", "SLURM_NODEID": "0", "SLURM_NODELIST": "localhost", "MASTER_PORT": str(free_port())}
+    tasks = [subprocess.Popen([sys.executable, "-m", "vaegan.run", *SHORT, *PER_RANK, f"hydra.run.dir={tmp_path}"],
+                              cwd=ROOT, env={**env(), **slurm, "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank)},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for rank in (0, 1)]
+    logs = [task.communicate(timeout=300)[0] for task in tasks]
+    assert [task.returncode for task in tasks] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+    assert not any("auto-requeueing enabled" in log for log in logs)  # submitit requeues, not Lightning
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert_close_weights(ckpt["state_dict"], one_process["state_dict"], atol=1e-6)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_sigterm_stops_every_rank_at_one_iteration_and_the_run_resumes_exactly(tmp_path):
+    from tests.test_resume import assert_identical, finish, start, training_state, wait_for
+
+    run = [*TINY, *PER_RANK, "iterations=100000", "callbacks.checkpoint.every_n_iterations=10"]
+    proc = start(*run, f"hydra.run.dir={tmp_path / 'stopped'}")
+    last = tmp_path / "stopped" / "checkpoints" / "last.ckpt"
+    wait_for(last, proc)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)  # to rank 0 only; rank 1 learns of it through the all-reduce
+    code, err = finish(proc, timeout=60)
+    assert code == 128 + signal.SIGTERM, err[-3000:]
+    assert err.count("Interrupted: stopped by SIGTERM") == 1  # one message, from rank 0
+    stopped = torch.load(last, weights_only=True)["global_step"] // 3
+    end = f"iterations={stopped + 3}"
+    code, err = finish(start(*run, end, f"hydra.run.dir={tmp_path / 'stopped'}"))
+    assert code == 0, err[-3000:]
+    code, err = finish(start(*run, end, f"hydra.run.dir={tmp_path / 'straight'}"))
+    assert code == 0, err[-3000:]
+    assert_identical(training_state(last), training_state(tmp_path / "straight" / "checkpoints" / "last.ckpt"))

@@ -62,7 +62,10 @@ def execute(cfg: DictConfig) -> float | None:
     except DivergenceError as err:
         sys.exit(f"Training diverged: {err}")
     except Interrupted as err:
-        print(f"Interrupted: {err}", file=sys.stderr)
+        from vaegan.distributed import global_rank
+
+        if global_rank() == 0:  # every rank stops; one says so
+            print(f"Interrupted: {err}", file=sys.stderr)
         sys.exit(128 + err.signum)
 
 
