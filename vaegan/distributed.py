@@ -41,6 +41,11 @@ def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
+def rank_and_world() -> tuple[int, int]:
+    """(rank, number of ranks) of the running process group; (0, 1) without one."""
+    return (dist.get_rank(), world_size()) if world_size() > 1 else (0, 1)
+
+
 def average_across_ranks(tensors: list[Tensor]) -> None:
     """Replaces each tensor by its mean over all ranks, in place, with one all-reduce."""
     n = world_size()

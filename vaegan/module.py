@@ -144,7 +144,7 @@ class VAEGANModule(L.LightningModule):
         the global batch of all ranks, of which this rank takes its share, so N ranks draw what one
         process with N times the batch would."""
         gen = torch.Generator(device=self.device).manual_seed(self.hparams.seed * 1_000_003 + iteration)
-        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self._trainer is not None else (0, 1)
+        rank, world = distributed.rank_and_world()
         shape = (batch_size * world, self.hparams.latent_dim)
         mine = slice(rank * batch_size, (rank + 1) * batch_size)
         noise = {}

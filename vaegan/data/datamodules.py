@@ -86,6 +86,7 @@ class IterationBatchSampler(Sampler[list[int]]):
         self.length, self.batch_size, self.seed = length, batch_size, seed
         self.rank, self.world_size, self.iteration = rank, world_size, iteration
         self.global_batch = batch_size * world_size
+        self._order: tuple[int, np.ndarray] | None = None  # (epoch, permutation), drawn once per epoch
         if length < self.global_batch:
             raise DataError(f"the {length} training images make no global batch of {self.global_batch} "
                             f"(data.batch_size={batch_size} x {world_size} processes); lower data.batch_size")
@@ -96,9 +97,10 @@ class IterationBatchSampler(Sampler[list[int]]):
     def batch(self, iteration: int) -> list[int]:
         """The dataset positions of this rank's batch at ``iteration``."""
         epoch, index = divmod(iteration, len(self))
-        order = np.random.default_rng([self.seed, epoch]).permutation(self.length)
+        if self._order is None or self._order[0] != epoch:
+            self._order = (epoch, np.random.default_rng([self.seed, epoch]).permutation(self.length))
         start = index * self.global_batch + self.rank * self.batch_size
-        return order[start:start + self.batch_size].tolist()
+        return self._order[1][start:start + self.batch_size].tolist()
 
     def __iter__(self):
         start = self.iteration()
