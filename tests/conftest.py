@@ -1,6 +1,7 @@
 import os
 import pickle
 import shutil
+import socket
 import struct
 import subprocess
 import sys
@@ -53,6 +54,13 @@ def run_cli(*overrides: str, timeout: float = 300, env: dict[str, str] | None = 
         [sys.executable, "-m", "vaegan.run", *overrides], cwd=ROOT, env=env, capture_output=True, text=True,
         timeout=timeout,
     )
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now, for a test's process group."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 # ------------------------------------------------------------------------------ real data

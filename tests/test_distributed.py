@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from tests.conftest import ROOT, TINY, run_cli
+from tests.conftest import ROOT, TINY, free_port, run_cli
 from vaegan.data.datamodules import IterationBatchSampler
 from vaegan.train import train
 
@@ -127,14 +127,6 @@ def test_slurm_tasks_become_the_ranks_without_a_relaunch(tmp_path, one_process):
     assert not any("auto-requeueing enabled" in log for log in logs)  # submitit requeues, not Lightning
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert_close_weights(ckpt["state_dict"], one_process["state_dict"], atol=1e-6)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_sigterm_stops_every_rank_at_one_iteration_and_the_run_resumes_exactly(tmp_path):

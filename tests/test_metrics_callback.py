@@ -12,7 +12,6 @@ import json
 import math
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from tests.conftest import CONF, ROOT, TINY
+from tests.conftest import CONF, ROOT, TINY, free_port
 from vaegan.config import register_configs
 from vaegan.metrics.callback import EvaluationCallback
 
@@ -301,12 +300,6 @@ def test_best_fid_survives_a_resume(evaluated_run, tmp_path, monkeypatch, tiny_e
 
 
 # ------------------------------------------------------------------------------ DDP
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_ddp_evaluates_on_rank_zero_and_shares_the_values(tmp_path, tiny_extractor_file):
     out = tmp_path / "ddp"
     out.mkdir()

@@ -269,8 +269,7 @@ def validate(cfg: DictConfig) -> None:
     _require(len(m.optimizer.betas) == 2, "model.optimizer.betas", list(m.optimizer.betas), "needs two values")
     validate_trainer(cfg.trainer)
     signals = list(cfg.callbacks.checkpoint.on_signals)
-    unknown_signals = [name for name in signals if name not in ("SIGTERM", "SIGUSR1", "SIGUSR2", "SIGINT", "SIGHUP")]
-    _require(not unknown_signals, "callbacks.checkpoint.on_signals", signals, "choose from SIGTERM, SIGUSR1, SIGUSR2, SIGINT, SIGHUP")
+    _require(set(signals) <= set(SIGNALS), "callbacks.checkpoint.on_signals", signals, f"choose from {', '.join(SIGNALS)}")
     for key in ("checkpoint", "images"):
         n = cfg.callbacks[key].every_n_iterations
         _require(n >= 1, f"callbacks.{key}.every_n_iterations", n, "must be >= 1")
@@ -288,6 +287,7 @@ def validate(cfg: DictConfig) -> None:
 
 
 PRECISIONS = ("32-true", "32", "bf16-mixed")
+SIGNALS = ("SIGTERM", "SIGUSR1", "SIGUSR2", "SIGINT", "SIGHUP")  # callbacks.checkpoint.on_signals
 
 
 def validate_trainer(t: DictConfig) -> None:

@@ -43,7 +43,8 @@ def world_size() -> int:
 
 def rank_and_world() -> tuple[int, int]:
     """(rank, number of ranks) of the running process group; (0, 1) without one."""
-    return (dist.get_rank(), world_size()) if world_size() > 1 else (0, 1)
+    n = world_size()
+    return (dist.get_rank() if n > 1 else 0), n
 
 
 def average_across_ranks(tensors: list[Tensor]) -> None:
