@@ -279,7 +279,7 @@ def module_with_gradients(clip: dict) -> tuple[VAEGANModule, dict[str, torch.Ten
     module.manual_backward = lambda loss, *args, **kwargs: loss.backward(*args, **kwargs)
     x = torch.rand(4, 1, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
     terms = module.compute_losses(x, module.draw_noise(len(x), 0))
-    module.compute_gradients(module.objectives(terms))
+    module.compute_gradients(terms)
     _, norms = module.synchronize(terms)
     return module, norms
 
@@ -306,12 +306,18 @@ def test_each_network_is_clipped_to_its_own_cap(float64):
 
 
 def test_a_skipped_iteration_steps_no_network(float64):
-    module, _ = module_with_gradients({"generator": 1e-3})
+    module, norms = module_with_gradients({"generator": 1e-3})
+    adams = module.configure_optimizers()  # fused: the skip is decided on the device (found_inf)
+    module.optimizer_list = lambda: adams
     weights = {name: flat(net.parameters()) for name, net in module.networks.items()}
-    module.step_networks(None)
-    for name, net in module.networks.items():
+    module.step_networks(norms, stepped=torch.tensor(False))
+    for (name, net), opt in zip(module.networks.items(), adams):
+        assert opt.defaults["fused"]
         assert torch.equal(flat(net.parameters()), weights[name]), name
-        assert all(p.grad is None for p in net.parameters())
+        assert all(float(state["step"]) == 0 and not state["exp_avg"].any() for state in opt.state.values()), name
+    module.step_networks(norms, stepped=torch.tensor(True))
+    for name, net in module.networks.items():
+        assert not torch.equal(flat(net.parameters()), weights[name]), name
 
 
 # ------------------------------------------------------------------------------ config
@@ -324,3 +330,15 @@ def test_bad_guard_and_clip_settings_fail_validation(compose_cfg, tmp_path, over
     cfg = compose_cfg([*TINY, override], tmp_path)
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         validate(cfg)
+
+
+def test_after_the_limit_nothing_steps_until_a_poll_stops_training():
+    """Between logging iterations the guard is not read: once max_in_a_row is reached, later
+    iterations do not step even if finite, so the weights stay those before the bad run."""
+    guard = DivergenceGuard(max_in_a_row=2)
+    assert bool(guard.record(1, {"L_d": torch.tensor(0.5)}))
+    assert not bool(guard.record(2, {"L_d": nan()}))
+    assert not bool(guard.record(3, {"L_d": nan()}))  # the limit
+    assert not bool(guard.record(4, {"L_d": torch.tensor(0.5)}))  # finite, but the run has tripped
+    with pytest.raises(DivergenceError, match="non-finite at iteration 2 and the 2 iterations 2-3 were all skipped"):
+        guard.poll()

@@ -39,12 +39,13 @@ class IterationCheckpoint(L.Callback):
         self._saved_at = -1
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, *args: Any) -> None:
-        if isinstance(outputs, dict) and not outputs.get("stepped", True):
-            return  # a skipped (non-finite) iteration: the last good checkpoint stays
         it = pl_module.iteration
         keep = self.keep_every > 0 and it % self.keep_every == 0
-        if keep or it % self.every == 0:
-            self.save_last(trainer, it)
+        if not (keep or it % self.every == 0):
+            return
+        if isinstance(outputs, dict) and not bool(outputs.get("stepped", True)):
+            return  # a skipped (non-finite) iteration: the last good checkpoint stays
+        self.save_last(trainer, it)
         if keep and trainer.is_global_zero:
             kept = self.dirpath / f"iter_{it:07d}.ckpt"
             tmp = kept.with_name(f".{kept.name}.tmp")
@@ -72,7 +73,8 @@ class Interrupted(Exception):
 class PreemptionCheckpoint(L.Callback):
     """On SIGTERM, SIGUSR1 or SIGUSR2 (``signals``), the run finishes its iteration, writes
     ``last.ckpt`` and stops; ``train`` then raises ``Interrupted``. The handler only sets a flag;
-    the ranks agree on it after every iteration, so all of them save the same iteration.
+    the ranks agree on it every ``trainer.log_every_n_steps`` iterations (one tiny all-reduce; a
+    single process looks after every iteration), so all of them save the same iteration.
 
     A handler the signal had when this callback was made, before the Trainer added its own
     (submitit's requeue on SLURM, for which Lightning's SLURM requeue is turned off), is called
@@ -96,6 +98,8 @@ class PreemptionCheckpoint(L.Callback):
         self.received = self.received or signum
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        if distributed.world_size() > 1 and not pl_module.is_logging_iteration():
+            return
         if not distributed.any_rank(self.received is not None, pl_module.device):
             return
         signum = self.received or signal.SIGTERM  # a rank that was not signalled follows the others
@@ -224,15 +228,18 @@ class IterationProgressBar(ProgressBar):
             TextColumn("[bold]iteration"), MofNCompleteColumn(), BarColumn(), TimeElapsedColumn(),
             TimeRemainingColumn(), TextColumn("{task.fields[stats]}"),
         )
+        self._stats = ""
         self._task = self._progress.add_task("train", total=self.total, completed=pl_module.iteration, stats="")
         self._progress.start()
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         if self._progress is None or pl_module.iteration % self.refresh_every:
             return
-        metrics = self.get_metrics(trainer, pl_module)
-        stats = "  ".join(f"{name.split('/')[-1]}={metrics[name]:.4f}" for name in ("train/k", "train/M") if name in metrics)
-        self._progress.update(self._task, completed=pl_module.iteration, stats=stats)
+        if pl_module.is_logging_iteration():  # k and M are read from the device only when logged
+            metrics = trainer.callback_metrics
+            self._stats = "  ".join(f"{name.split('/')[-1]}={float(metrics[name]):.4f}"
+                                    for name in ("train/k", "train/M") if name in metrics)
+        self._progress.update(self._task, completed=pl_module.iteration, stats=self._stats)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._progress is not None:

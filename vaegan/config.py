@@ -210,6 +210,14 @@ class PathsConfig:
 
 
 @dataclass
+class PerformanceConfig:  # vaegan.performance; README, Performance
+    channels_last: Optional[bool] = None  # null = auto: GPUs, and CPUs below width 64
+    shared_backward: bool = True
+    batched_discriminator: bool = False
+    compile: Optional[str] = None  # null | default | reduce-overhead (CUDA graphs) | max-autotune
+
+
+@dataclass
 class TrainConfig:
     run_name: str = "default"
     iterations: int = 300_000  # the paper's iterations: batches, not optimizer steps
@@ -224,6 +232,7 @@ class TrainConfig:
     callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
+    performance: PerformanceConfig = field(default_factory=PerformanceConfig)
 
 
 def register_configs() -> None:
@@ -268,6 +277,9 @@ def validate(cfg: DictConfig) -> None:
     _require(m.guard.max_bad_in_a_row >= 1, "model.guard.max_bad_in_a_row", m.guard.max_bad_in_a_row, "must be >= 1")
     _require(len(m.optimizer.betas) == 2, "model.optimizer.betas", list(m.optimizer.betas), "needs two values")
     validate_trainer(cfg.trainer)
+    compile_modes = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+    _require(cfg.performance.compile in (None, *compile_modes), "performance.compile", cfg.performance.compile,
+             f"use null (no compilation) or one of {', '.join(compile_modes)}")
     signals = list(cfg.callbacks.checkpoint.on_signals)
     _require(set(signals) <= set(SIGNALS), "callbacks.checkpoint.on_signals", signals, f"choose from {', '.join(SIGNALS)}")
     for key in ("checkpoint", "images"):

@@ -7,10 +7,11 @@ controller's full state in checkpoints.
 
 from __future__ import annotations
 
-from collections import deque
 from typing import Any
 
 import lightning as L
+import torch
+from torch import Tensor
 
 
 class PIDController:
@@ -24,6 +25,10 @@ class PIDController:
     error seen, so the first update has no proportional or derivative kick. ki is the paper's
     lambda_1 (integral), kp lambda_2 (proportional), kd lambda_3 (differential); with
     kp = kd = 0 this is BEGAN's update k_t = k_{t-1} + lambda_k e_t.
+
+    The state is float64 tensors that live on the device of the errors fed in, so the update
+    never waits for the device: ``k`` is a tensor, ``update`` of a tensor returns one (of a
+    Python float, a float). ``state_dict`` reads the state back as Python numbers.
     """
 
     def __init__(
@@ -42,31 +47,56 @@ class PIDController:
             raise ValueError(f"model.controller.k_init={k_init} must lie in [{k_min}, {k_max}]")
         self.ki, self.kp, self.kd = ki, kp, kd
         self.smoothing, self.k_min, self.k_max = smoothing, k_min, k_max
-        self.k = float(k_init)
-        self.window: deque[float] = deque(maxlen=smoothing)  # raw errors behind s_t
-        self.history: list[float] = []  # [s_{t-1}, s_{t-2}] once seen
-        self.terms = {"P": 0.0, "I": 0.0, "D": 0.0}
+        self.load_state_dict({"k": k_init, "window": [], "history": [], "terms": {"P": 0.0, "I": 0.0, "D": 0.0}})
 
-    def update(self, e: float) -> float:
-        """Feed e_t, return k_t."""
-        e = float(e)
-        self.window.append(e)
-        s = sum(self.window) / len(self.window)
-        s1 = self.history[0] if self.history else s
-        s2 = self.history[1] if len(self.history) > 1 else s1
-        self.terms = {"I": self.ki * e, "P": self.kp * (s - s1), "D": self.kd * (s - 2 * s1 + s2)}
-        self.k = min(self.k_max, max(self.k_min, self.k + sum(self.terms.values())))
-        self.history = [s, s1]
-        return self.k
+    def update(self, e: Tensor | float, stepped: Tensor | None = None) -> Tensor | float:
+        """Feed e_t, return k_t. ``stepped`` (a bool tensor, read on the device): where it is False
+        the iteration was skipped and the state stays as it was."""
+        host = not isinstance(e, Tensor)
+        e = torch.as_tensor(e, dtype=torch.float64, device=None if host else e.device).reshape(())
+        if e.device != self.k.device:
+            self.to(e.device)
+        window = torch.cat([self.window[1:], e.reshape(1)])
+        seen = torch.clamp(self.seen + 1, max=self.smoothing)
+        recent = torch.arange(self.smoothing, device=e.device) >= self.smoothing - seen
+        s = (window * recent).sum() / seen  # the mean of the last `seen` errors
+        s1 = torch.where(self.seen > 0, self.history[0], s)
+        s2 = torch.where(self.seen > 0, self.history[1], s1)
+        terms = torch.stack([self.ki * e, self.kp * (s - s1), self.kd * (s - 2 * s1 + s2)])  # I, P, D
+        k = torch.clamp(self.k + (terms[0] + terms[1] + terms[2]), self.k_min, self.k_max)
+        new = {"k": k, "window": window, "seen": seen, "history": torch.stack([s, s1]), "term_tensors_stacked": terms}
+        for name, value in new.items():
+            setattr(self, name, value if stepped is None else torch.where(stepped, value, getattr(self, name)))
+        return self.k.item() if host else self.k
+
+    @property
+    def terms(self) -> dict[str, float]:
+        """The I, P and D terms of the last update, as Python floats (one read from the device)."""
+        return dict(zip("IPD", self.term_tensors_stacked.tolist()))
+
+    @property
+    def term_tensors(self) -> dict[str, Tensor]:
+        return dict(zip("IPD", self.term_tensors_stacked.unbind()))
+
+    def to(self, device: torch.device) -> "PIDController":
+        for name in ("k", "window", "seen", "history", "term_tensors_stacked"):
+            setattr(self, name, getattr(self, name).to(device))
+        return self
 
     def state_dict(self) -> dict[str, Any]:
-        return {"k": self.k, "window": list(self.window), "history": list(self.history), "terms": dict(self.terms)}
+        seen = int(self.seen)
+        window = self.window.tolist()[self.smoothing - seen:]
+        history = self.history.tolist() if seen else []
+        return {"k": self.k.item(), "window": window, "history": history, "terms": self.terms}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.k = float(state["k"])
-        self.window = deque(state["window"], maxlen=self.smoothing)
-        self.history = list(state["history"])
-        self.terms = dict(state["terms"])
+        as64 = dict(dtype=torch.float64, device=getattr(self, "k", torch.zeros(())).device)
+        window = list(state["window"])[-self.smoothing:]
+        self.k = torch.tensor(float(state["k"]), **as64)
+        self.window = torch.tensor([0.0] * (self.smoothing - len(window)) + window, **as64)
+        self.seen = torch.tensor(len(window), **as64)  # errors in the window, up to `smoothing`
+        self.history = torch.tensor((list(state["history"]) + [0.0, 0.0])[:2], **as64)  # [s_{t-1}, s_{t-2}]
+        self.term_tensors_stacked = torch.tensor([state["terms"][name] for name in "IPD"], **as64)
 
 
 class EquilibriumCallback(L.Callback):
@@ -78,10 +108,11 @@ class EquilibriumCallback(L.Callback):
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int):
         pl_module.k = self.controller.k  # k_{t-1} for L_dis (Eq. 13)
 
-    def on_train_batch_end(self, trainer, pl_module, outputs: Any, batch: Any, batch_idx: int) -> None:
-        k = self.controller.update(outputs["e"].item()) if outputs["stepped"] else self.controller.k  # skipped: k stays
-        pl_module.log("train/k", k, prog_bar=True)
-        pl_module.log_dict({f"train/k_{name}": v for name, v in self.controller.terms.items()})
+    def on_train_batch_end(self, trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        k = self.controller.update(outputs["e"], outputs["stepped"])  # on the device; a skipped iteration keeps k
+        if pl_module.is_logging_iteration():
+            pl_module.log("train/k", k.float())
+            pl_module.log_dict({f"train/k_{name}": v.float() for name, v in self.controller.term_tensors.items()})
 
     def state_dict(self) -> dict[str, Any]:
         return self.controller.state_dict()

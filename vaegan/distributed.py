@@ -114,6 +114,9 @@ class ManualDDPStrategy(DDPStrategy):
         """Every rank starts from rank 0's weights (they already agree when seeded alike)."""
         for tensor in [*self.model.parameters(), *self.model.buffers()]:
             dist.broadcast(tensor.data, src=0)
+        # Lightning's loop broadcasts its SIGTERM flag before every batch (and waits for it);
+        # PreemptionCheckpoint handles the signals instead, so the flag is always 0.
+        self.lightning_module.trainer.fit_loop.epoch_loop._broadcast_sigterm_tensor = lambda: None
 
     def teardown(self) -> None:
         super().teardown()

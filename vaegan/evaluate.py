@@ -116,7 +116,8 @@ def evaluate(cfg: DictConfig, ckpt: Path) -> tuple[dict, Path]:
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with torch.no_grad(), Progress(*columns) as progress:
         result = evaluate_generator(module.output_generator, hp.latent_dim, dm, extractor, progress=progress,
-                                    **evaluation_kwargs(cfg.metrics, device), weights=module.output_weights)
+                                    **evaluation_kwargs(cfg.metrics, device), weights=module.output_weights,
+                                    train_precision=module.train_precision)
     run_dir = run_dir_of(ckpt)
     record = dict(checkpoint=os.path.relpath(ckpt, run_dir), iteration=iteration, variant=hp.variant, seed=cfg.seed,
                   **result.as_dict(), created=datetime.now(timezone.utc).isoformat(timespec="seconds"))

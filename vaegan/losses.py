@@ -90,6 +90,17 @@ def encoder_objective(L_n: Tensor, L_s: Tensor, L_e: Tensor, beta: float, gamma:
     return L_n + beta * L_s + gamma * L_e
 
 
+def adversarial_term(L_g: Tensor, L_v: Tensor, alpha: float) -> Tensor:
+    """L_g + alpha L_v: what Eq. 13 weighs by -k_{t-1} for the discriminator and Eq. 14 by +1 for
+    the generator, so one backward pass gives both networks their share."""
+    return L_g + alpha * L_v
+
+
+def shared_term(L_s: Tensor, L_e: Tensor, beta: float, gamma: float) -> Tensor:
+    """beta L_s + gamma L_e: the part Eqs. 14 and 15 have in common (the generator's and the encoder's)."""
+    return beta * L_s + gamma * L_e
+
+
 def equilibrium_error(L_d: Tensor, L_g: Tensor, L_v: Tensor, eta: float, alpha: float) -> Tensor:
     """Eq. 11: e_t = eta L_d - (L_g + alpha L_v).
 

@@ -11,7 +11,8 @@ from torch import Tensor, nn
 from torch.nn.utils import clip_grads_with_norm_, get_total_norm
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from vaegan import checkpoints, distributed, losses
+from vaegan import checkpoints, distributed, losses, performance
+from vaegan.performance import Performance
 from vaegan.guard import DivergenceGuard
 from vaegan.networks import Decoder, Discriminator, VAEEncoder
 
@@ -75,7 +76,10 @@ class VAEGANModule(L.LightningModule):
             self.generator_ema = AveragedModel(self.generator, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
             self.generator_ema.requires_grad_(False)
         self.guard = DivergenceGuard(max_bad_in_a_row)
-        self.k = 0.0  # k_{t-1}; set each iteration by EquilibriumCallback
+        self.k: float | Tensor = 0.0  # k_{t-1}, a tensor on the device; set each iteration by EquilibriumCallback
+        self.performance = Performance()  # how iterations run: set before fit, applied at its start
+        self.memory_format = torch.contiguous_format
+        self.train_precision = "32-true"  # trainer.precision of the training so far (metrics protocols record it)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, map_location: str | torch.device = "cpu") -> tuple["VAEGANModule", int]:
@@ -84,6 +88,7 @@ class VAEGANModule(L.LightningModule):
         checkpoints."""
         ckpt = checkpoints.load(path)
         module = cls(**ckpt["hyper_parameters"])
+        module.train_precision = ckpt.get("train_precision", "32-true")
         try:
             module.load_state_dict(ckpt["state_dict"])
         except RuntimeError as err:
@@ -165,12 +170,12 @@ class VAEGANModule(L.LightningModule):
             terms["L_n"] = losses.kl_loss(mu, logvar, hp.kl_reduction)
         if self.discriminator is not None:
             x_g = self.generator(noise["z_g"])
-            z_d, x_d = self.discriminator(x)
-            z_g, x_g_rec = self.discriminator(x_g)
+            seen = self.discriminate_each({"d": x, "g": x_g, **({"v": x_v} if self.encoder is not None else {})})
+            (z_d, x_d), (z_g, x_g_rec) = seen["d"], seen["g"]
             terms["L_d"] = losses.reconstruction_loss(x, x_d)
             terms["L_g"] = losses.reconstruction_loss(x_g, x_g_rec)
             if self.encoder is not None:
-                z_v, x_v_rec = self.discriminator(x_v)
+                z_v, x_v_rec = seen["v"]
                 terms["L_v"] = losses.reconstruction_loss(x_v, x_v_rec)
                 if hp.lsm:
                     terms["L_s"] = losses.similarity_loss(z_d, z_v)
@@ -178,17 +183,31 @@ class VAEGANModule(L.LightningModule):
                 terms["L_s"] = losses.feature_matching_similarity_loss(z_d, z_g)
         return terms
 
+    def discriminate_each(self, images: dict[str, Tensor]) -> dict[str, tuple[Tensor, Tensor]]:
+        """(z, x') of each batch of images, from one discriminator pass per batch or, with
+        ``performance.batched_discriminator``, one pass over all of them."""
+        if not self.performance.batched_discriminator:
+            return {name: self.discriminator(x) for name, x in images.items()}
+        sizes = [len(x) for x in images.values()]
+        z, x_rec = self.discriminator(torch.cat(list(images.values())))
+        return dict(zip(images, zip(z.split(sizes), x_rec.split(sizes))))
+
     def objectives(self, terms: dict[str, Tensor]) -> dict[str, Tensor]:
         """Eqs. 13-15 for the networks this variant has; missing terms count as zero."""
         hp = self.hparams
         zero = next(iter(terms.values())).new_zeros(())
         L_n, L_s, L_e, L_d, L_g, L_v = (terms.get(n, zero) for n in ("L_n", "L_s", "L_e", "L_d", "L_g", "L_v"))
+        k = self.k_in(zero.dtype)
         objectives = {"generator": losses.generator_objective(L_g, L_v, L_s, L_e, hp.alpha, hp.beta, hp.gamma)}
         if self.encoder is not None:
             objectives["encoder"] = losses.encoder_objective(L_n, L_s, L_e, hp.beta, hp.gamma)
         if self.discriminator is not None:
-            objectives["discriminator"] = losses.discriminator_objective(L_d, L_g, L_v, self.k, hp.alpha)
+            objectives["discriminator"] = losses.discriminator_objective(L_d, L_g, L_v, k, hp.alpha)
         return objectives
+
+    def k_in(self, dtype: torch.dtype) -> float | Tensor:
+        """k_{t-1} in the losses' dtype (the controller keeps it in float64 on the device)."""
+        return self.k.to(dtype) if isinstance(self.k, Tensor) else self.k
 
     def equilibrium(self, terms: dict[str, Tensor]) -> dict[str, Tensor]:
         """e_t (Eq. 11) and the convergence measure M, for models with a discriminator."""
@@ -199,19 +218,49 @@ class VAEGANModule(L.LightningModule):
         args = (L_d.detach(), L_g.detach(), L_v.detach(), self.hparams.eta, self.hparams.alpha)
         return {"e": losses.equilibrium_error(*args), "M": losses.convergence_measure(*args)}
 
-    def compute_gradients(self, objectives: dict[str, Tensor]) -> None:
+    def compute_gradients(self, terms: dict[str, Tensor]) -> None:
         """The gradient of each network's own objective (Eqs. 13-15), all taken before any step.
 
-        ``backward(inputs=...)`` restricts every objective's gradient to its own network, so the
+        ``backward(inputs=...)`` restricts every gradient to the networks it is for, so the
         discriminator never sees L_gen's gradient, the generator never sees L_dis's, and the
         discriminator's gradient equals that of L_dis with the generator's outputs detached.
+        ``performance.shared_backward`` (the default) takes them in the passes the objectives share:
+
+            grad_D L_dis = grad_D L_d - k grad_D A,   grad_G L_gen = grad_G A + grad_G C,
+            grad_E L_enc = grad_E (L_n + C),   A = L_g + alpha L_v,   C = beta L_s + gamma L_e,
+
+        so the discriminator's passes over x_g and x_v are traversed once for both networks; else
+        there is one pass per objective (bit-identical to experiments/baseline.py).
         """
         for opt in self.optimizer_list():
             opt.zero_grad(set_to_none=True)
-        names = list(self.networks)
-        for i, name in enumerate(names):
-            params = list(self.networks[name].parameters())
-            self.manual_backward(objectives[name], inputs=params, retain_graph=i < len(names) - 1)
+        if self.performance.shared_backward:
+            passes = self.shared_passes(terms)
+        else:
+            objectives = self.objectives(terms)
+            passes = [(objectives[name], [name], None) for name in self.networks]
+        for i, (loss, names, scale_discriminator) in enumerate(passes):
+            params = [p for name in names for p in self.networks[name].parameters()]
+            self.manual_backward(loss, inputs=params, retain_graph=i < len(passes) - 1)
+            if scale_discriminator is not None:  # the discriminator's first pass: its gradient so far is grad_D A
+                torch._foreach_mul_([p.grad for p in self.discriminator.parameters()], scale_discriminator)
+
+    def shared_passes(self, terms: dict[str, Tensor]) -> list[tuple[Tensor, list[str], Tensor | float | None]]:
+        """(loss, networks it is differentiated for, factor of the discriminator's gradient) per pass."""
+        hp = self.hparams
+        zero = next(iter(terms.values())).new_zeros(())
+        passes = []
+        if self.discriminator is not None:
+            k = self.k_in(zero.dtype)
+            A = losses.adversarial_term(terms["L_g"], terms.get("L_v", zero), hp.alpha)
+            passes += [(A, ["discriminator", "generator"], -k), (terms["L_d"], ["discriminator"], None)]
+        if "L_s" in terms or "L_e" in terms:
+            C = losses.shared_term(terms.get("L_s", zero), terms.get("L_e", zero), hp.beta, hp.gamma)
+            if self.encoder is not None:
+                passes.append((terms["L_n"] + C, ["encoder", "generator"], None))
+            else:
+                passes.append((C, ["generator"], None))
+        return passes
 
     def synchronize(self, terms: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """The loss terms and gradients as means over all ranks (one all-reduce; nothing to do in one
@@ -223,49 +272,72 @@ class VAEGANModule(L.LightningModule):
                  for name, net in self.networks.items()}
         return dict(zip(terms, stacked.unbind())), norms
 
-    def step_networks(self, norms: dict[str, Tensor] | None) -> None:
+    def step_networks(self, norms: dict[str, Tensor], stepped: Tensor | None = None) -> None:
         """Algorithm 1, lines 8, 11, 13: each optimizer steps on its network's gradient, clipped to
-        ``clip[name]`` when set. ``norms=None`` skips the iteration: with the gradients dropped,
-        Adam leaves weights and moments as they were, and Lightning still counts the step."""
+        ``clip[name]`` when set. Where ``stepped`` is False (read on the device by fused Adam's
+        ``found_inf``) Adam leaves weights, moments and step counts as they were; Lightning still
+        counts the step. Adam without a fused kernel for the device reads the flag from it."""
         clip = self.hparams.clip or {}
         for (name, net), opt in zip(self.networks.items(), self.optimizer_list()):
-            if norms is None:
-                opt.zero_grad(set_to_none=True)
-            elif clip.get(name):
+            if clip.get(name):
                 clip_grads_with_norm_(net.parameters(), clip[name], norms[name])
+            adam = getattr(opt, "optimizer", opt)  # Lightning wraps it
+            if stepped is not None and adam.defaults.get("fused"):
+                adam.found_inf = (~stepped).float()
+            elif stepped is not None and not bool(stepped):
+                opt.zero_grad(set_to_none=True)  # Adam skips parameters without gradients
             opt.step()
+            adam.__dict__.pop("found_inf", None)
 
     def optimizer_list(self) -> list:
         optimizers = self.optimizers()
         return optimizers if isinstance(optimizers, list) else [optimizers]
 
-    def update_ema(self, iteration: int) -> None:
-        if self.generator_ema is not None and iteration > self.hparams.ema_start:
-            self.generator_ema.update_parameters(self.generator)
+    def update_ema(self, iteration: int, stepped: Tensor) -> None:
+        """The EMA of the generator, as ``AveragedModel``'s EMA (the first update copies) but on the
+        device: a skipped iteration changes nothing."""
+        ema = self.generator_ema
+        if ema is None or iteration <= self.hparams.ema_start:
+            return
+        current = [*self.generator.parameters(), *self.generator.buffers()]
+        weight = (torch.where(ema.n_averaged == 0, 1.0, 1.0 - self.hparams.ema_decay) * stepped).to(current[0].dtype)
+        for average, value in zip([*ema.module.parameters(), *ema.module.buffers()], current):
+            average.detach().lerp_(value.detach(), weight)
+        ema.n_averaged += stepped.long()
+
+    def is_logging_iteration(self, iteration: int | None = None) -> bool:
+        """Whether iteration ``iteration`` (default: the last completed) is one of every
+        ``trainer.log_every_n_steps``: the only iterations that read values from the device."""
+        every = max(1, getattr(self._trainer, "log_every_n_steps", 1))
+        return (self.iteration if iteration is None else iteration) % every == 0
 
     def training_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
-        """One iteration of Algorithm 1."""
-        x = images_of(batch)
+        """One iteration of Algorithm 1, with no read from the device except every
+        ``log_every_n_steps`` iterations."""
+        x = images_of(batch).contiguous(memory_format=self.memory_format)
         iteration = self.iteration + 1
         noise = self.draw_noise(x.shape[0], iteration - 1)  # line 3: eps for Z_v; Z_g ~ N(0, I)
         terms = self.compute_losses(x, noise)  # lines 3-10: forwards, L_e, L_n, L_s, L_g, L_d, L_v
-        self.compute_gradients(self.objectives(terms))  # gradients of Eqs. 13-15, before any step
+        self.compute_gradients(terms)  # gradients of Eqs. 13-15, before any step
         terms, norms = self.synchronize(terms)  # many ranks: their means, identical everywhere
         stats = self.equilibrium(terms)  # line 12: e_t (k_t is updated by EquilibriumCallback)
-        finite = self.guard.check(iteration, {**terms, **{f"gradient of the {n}": v for n, v in norms.items()}})
-        self.step_networks(norms if finite else None)  # lines 8, 11, 13: step θe, θd, θe' and θd'
-        if finite:
-            self.update_ema(iteration)
-        self.log_dict({f"train/{name}": value for name, value in terms.items()})
-        self.log_dict({f"train/grad_norm_{name}": value for name, value in norms.items()})
-        self.log("train/skipped_iterations", float(self.guard.skipped))
-        if stats:
-            self.log("train/e", stats["e"])
-            self.log("train/M", stats["M"], prog_bar=True)
-        return {**stats, "stepped": finite}
+        stepped = self.guard.record(iteration, {**terms, **{f"gradient of the {n}": v for n, v in norms.items()}})
+        self.step_networks(norms, stepped)  # lines 8, 11, 13: step θe, θd, θe' and θd' (unless not finite)
+        self.update_ema(iteration, stepped)
+        if self.is_logging_iteration(iteration):
+            self.guard.poll()  # warns about skipped iterations; raises DivergenceError
+            self.log_dict({f"train/{name}": value for name, value in {**terms, **stats}.items()})
+            self.log_dict({f"train/grad_norm_{name}": value for name, value in norms.items()})
+            self.log("train/skipped_iterations", self.guard.counters[0].float())
+        return {**stats, "stepped": stepped}
+
+    def on_fit_start(self) -> None:
+        self.train_precision = str(self.trainer.precision)
+        performance.apply(self)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["divergence_guard"] = self.guard.state_dict()
+        checkpoint["train_precision"] = self.train_precision
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "divergence_guard" in checkpoint:
@@ -273,4 +345,14 @@ class VAEGANModule(L.LightningModule):
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         hp = self.hparams
-        return [torch.optim.Adam(net.parameters(), lr=hp.lr, betas=tuple(hp.betas)) for net in self.networks.values()]
+        return [adam(net.parameters(), lr=hp.lr, betas=tuple(hp.betas)) for net in self.networks.values()]
+
+
+def adam(params, **kwargs) -> torch.optim.Adam:
+    """Adam with the fused kernel where the device has one (CPU, CUDA, MPS): one pass over the
+    parameters, and a skipped iteration is decided on the device (``found_inf``)."""
+    params = list(params)
+    try:
+        return torch.optim.Adam(params, fused=True, **kwargs)
+    except RuntimeError:  # a device without the fused kernel
+        return torch.optim.Adam(params, **kwargs)

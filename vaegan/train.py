@@ -11,7 +11,7 @@ from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
-from vaegan import checkpoints, distributed, tracking
+from vaegan import checkpoints, distributed, performance, tracking
 from vaegan.callbacks import ImageLogger, IterationCheckpoint, IterationProgressBar, PreemptionCheckpoint, TrainingStats
 from vaegan.config import validate
 from vaegan.controller import EquilibriumCallback
@@ -41,14 +41,17 @@ def build_datamodule_from(cfg: DictConfig) -> ArrayDataModule:
 
 
 def build_module(cfg: DictConfig) -> VAEGANModule:
+    """The model of ``cfg.model``, run as ``cfg.performance`` says."""
     m = cfg.model
-    return VAEGANModule(
+    module = VAEGANModule(
         image_size=cfg.data.image_size, channels=cfg.data.channels, width=m.width, latent_dim=m.latent_dim,
         vae=m.vae, discriminator=m.discriminator, lsm=m.lsm, alpha=m.alpha, beta=m.beta, gamma=m.gamma,
         eta=m.eta, kl_reduction=m.kl_reduction, lr=m.optimizer.lr, betas=tuple(m.optimizer.betas),
         seed=cfg.seed, variant=m.name, ema_decay=m.ema.decay, ema_start=m.ema.start,
         clip=OmegaConf.to_container(m.optimizer.clip), max_bad_in_a_row=m.guard.max_bad_in_a_row,
     )
+    module.performance = performance.Performance(**OmegaConf.to_container(cfg.performance))  # applied at fit start
+    return module
 
 
 def build_callbacks(cfg: DictConfig, module: VAEGANModule, out: Path, extractor: Extractor | None = None) -> list[L.Callback]:
@@ -152,6 +155,7 @@ def fit(cfg: DictConfig, datamodule: ArrayDataModule, module: VAEGANModule, call
         limit_val_batches=0,
         num_sanity_val_steps=0,
     )
+    performance.warn_if_bf16_is_emulated(str(trainer.precision), trainer.strategy.root_device)
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=cfg.ckpt_weights_only)
     interrupted = next((c.interrupted for c in callbacks if isinstance(c, PreemptionCheckpoint)), None)
     if interrupted is not None:

@@ -46,7 +46,8 @@ class EvaluationCallback(L.Callback):
             generator = getattr(pl_module, "output_generator", pl_module.generator)
             result = evaluate_generator(generator, pl_module.hparams.latent_dim, trainer.datamodule, self.extractor,
                                         **{**self.kwargs, "device": pl_module.device},
-                                        weights=getattr(pl_module, "output_weights", "raw"))
+                                        weights=getattr(pl_module, "output_weights", "raw"),
+                                        train_precision=getattr(pl_module, "train_precision", "32-true"))
             values = result.values
             if not self._announced:  # the protocol, once per run
                 rank_zero_info(f"evaluation protocol {result.protocol.key()}:\n  " + "\n  ".join(result.protocol.lines()))

@@ -165,7 +165,7 @@ def evaluate_generator(generator: torch.nn.Module, latent_dim: int, dm: ArrayDat
                        names: Iterable[str] | None = None, seed: int = 0, batch_size: int = 100,
                        device: torch.device | str = "cpu", cache_dir: Path | None = None, isc_splits: int = 10,
                        kid_subsets: int = 100, kid_subset_size: int = 1000, prc_neighborhood: int = 3,
-                       progress: Progress | None = None, weights: str = "raw") -> Evaluation:
+                       progress: Progress | None = None, weights: str = "raw", train_precision: str = "32-true") -> Evaluation:
     """Metrics of ``generator`` (z -> images in [-1, 1]) against ``dm``'s ``split``; see the module doc."""
     start = time.perf_counter()
     device = torch.device(device)
@@ -178,7 +178,7 @@ def evaluate_generator(generator: torch.nn.Module, latent_dim: int, dm: ArrayDat
         extractor=extractor.name, extractor_file=extractor.file.name, extractor_sha256=extractor.sha256,
         resize=extractor.resize, metrics=",".join(names), seed=seed, isc_splits=isc_splits, kid_subsets=kid_subsets,
         kid_subset_size=subset, prc_neighborhood=prc_neighborhood, torch_fidelity=version("torch-fidelity"),
-        weights=weights,
+        weights=weights, train_precision=train_precision,
     )
 
     def compute_reference() -> dict[str, Tensor]:

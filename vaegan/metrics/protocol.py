@@ -13,7 +13,7 @@ from vaegan.data.cache import digest
 
 # Fields the generated side alone depends on: changing them does not change the reference features,
 # so in-training evaluation (a few thousand samples) and the final one (50,000) share them.
-GENERATED_ONLY = ("num_samples", "model_mode", "weights", "precision", "sample_quantization", "metrics",
+GENERATED_ONLY = ("num_samples", "model_mode", "weights", "precision", "train_precision", "sample_quantization", "metrics",
                   "isc_splits", "kid_subsets", "kid_subset_size", "prc_neighborhood")
 
 
@@ -39,7 +39,8 @@ class Protocol:
     torch_fidelity: str  # library version that computed the metrics
     model_mode: str = "eval"
     weights: str = "raw"  # raw: the trained generator; ema: its moving average (model.ema.decay > 0)
-    precision: str = "fp32"
+    precision: str = "fp32"  # of sampling and feature extraction
+    train_precision: str = "32-true"  # trainer.precision the generator was trained in (bf16-mixed is opt-in)
     sample_quantization: str = "generated images rounded to uint8, as the real images are stored"
 
     def as_dict(self) -> dict:

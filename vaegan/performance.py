@@ -1,0 +1,64 @@
+"""How an iteration runs, not what it computes: memory layout, backward passes shared by the
+objectives, one batched discriminator pass and torch.compile (CUDA graphs with ``reduce-overhead``).
+
+Each option keeps the losses of Eqs. 2-15 and changes fp32 results only by float rounding
+(other convolution algorithms, reassociated sums). bf16 is ``trainer.precision=bf16-mixed``
+(Lightning's autocast). ``experiments/bench_step.py`` measures each option; the README's
+"Performance" section has the numbers.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Performance:
+    channels_last: bool | None = None  # NHWC activations and weights; None = auto (``use_channels_last``)
+    shared_backward: bool = True  # one backward pass per term the objectives share, not one per objective
+    batched_discriminator: bool = False  # one discriminator pass over [x; x_g; x_v] instead of three
+    compile: str | None = None  # torch.compile mode of each network (reduce-overhead = CUDA graphs on GPUs)
+
+    def use_channels_last(self, device: torch.device, width: int) -> bool:
+        """auto: on GPUs (tensor cores take NHWC); on CPUs below width 64, where it measured faster
+        (x1.3 at the quickstart's width 16; x0.93 at width 64, 64x64)."""
+        if self.channels_last is not None:
+            return self.channels_last
+        return device.type == "cuda" or width < 64
+
+
+def bf16_is_fast(device: torch.device) -> bool:
+    """Whether ``device`` has bf16 arithmetic: GPUs from Ampere on, CPUs with AVX512-BF16 or AMX.
+    Elsewhere bf16 convolutions are emulated, many times slower than fp32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return True
+
+
+def warn_if_bf16_is_emulated(precision: str, device: torch.device) -> None:
+    if precision == "bf16-mixed" and not bf16_is_fast(device):
+        log.warning(f"trainer.precision=bf16-mixed on a {device.type} without bf16 arithmetic (AVX512-BF16/AMX on "
+                    "CPUs, Ampere or newer GPUs): it is emulated and runs many times slower than 32-true")
+
+
+def apply(module) -> None:
+    """Sets ``module.performance`` on a VAEGANModule on its device, in place: the memory format of its
+    networks and inputs, and compilation. State dicts, and so checkpoints, do not change."""
+    options = module.performance
+    channels_last = options.use_channels_last(module.device, module.hparams.width)
+    module.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    if options.compile is not None:
+        # The iteration takes several backward passes over one graph (retain_graph), which compiled
+        # backward functions only allow without donated buffers.
+        torch._functorch.config.donated_buffer = False
+    for net in module.networks.values():
+        net.to(memory_format=module.memory_format)
+        if options.compile is not None:
+            net.compile(mode=options.compile)
