@@ -232,7 +232,7 @@ class LiveBytes(TorchDispatchMode):
         return out
 
 
-def count(make: Callable[[], object], device: torch.device) -> tuple[float, int]:
+def count(make: Callable[[], object]) -> tuple[float, int]:
     """(FLOPs of one iteration, peak tensor bytes over two iterations with Adam's states), counted on
     fake tensors. The baseline's host reads (``.item()``) have no value there and read as 1."""
     runner = make()  # real weights (small); everything computed from them is fake
@@ -334,7 +334,7 @@ def framework_overrides(size: int, batch: int, device: torch.device) -> list[str
 
 def bench_size(size: int, batch: int, repeats: int, device: torch.device, compile_: bool) -> dict:
     makers = option_runners(size, batch, device, compile_)
-    counts = {name: count(make, device) for name, make in makers.items() if "compile" not in name}
+    counts = {name: count(make) for name, make in makers.items() if "compile" not in name}
     if compile_:
         counts["+ torch.compile"] = counts["optimised"]  # the same operations, fused
     counts["framework (Lightning)"] = counts["defaults"]
@@ -358,8 +358,9 @@ def bench_overhead(repeats: int, device: torch.device) -> dict:
     tiny = dict(image_size=16, **SIZES[16])
     quick = {"image_size": 32, **{k: v for k, v in QUICKSTART.items() if k != "image_size"}}
     for label, shape, overrides in (
-        ("tiny 16x16, width 4", tiny, [*framework_overrides(16, 16, device)[:1], "data.image_size=16", "model.width=4",
-                                       "model.latent_dim=8", "callbacks.progress_bar.enabled=false"]),
+        ("tiny 16x16, width 4", tiny, ["+experiment=quickstart", "data.image_size=16", "model.width=4", "model.latent_dim=8",
+                                       f"trainer.accelerator={device.type}", "callbacks.progress_bar.enabled=false",
+                                       "trainer.enable_model_summary=false"]),
         ("quickstart 32x32, width 16", quick, ["+experiment=quickstart", f"trainer.accelerator={device.type}",
                                                "trainer.enable_model_summary=false"]),
     ):
@@ -376,7 +377,7 @@ def bench_overhead(repeats: int, device: torch.device) -> dict:
 
 
 # ---------------------------------------------------------------------------------- report
-def report(args, device, peaks, overhead, sizes) -> None:
+def report(device, peaks, overhead, sizes) -> None:
     console.print(f"[bold]device[/]: {device_name(device)}; torch {torch.__version__}, {torch.get_num_threads()} threads")
     table = Table(title="Ceilings (same run)")
     table.add_column("kernel")
@@ -430,7 +431,7 @@ def memory_table(device: torch.device) -> list[dict]:
             def make(bf16=bf16, ckpt=ckpt):
                 runner = Bare(shape, batch, device, performance.Performance(), bf16=bf16)
                 return runner if ckpt is None else checkpointed(runner, per_scale=ckpt)
-            flops, peak = count(make, device)
+            flops, peak = count(make)
             rows.append({"batch": batch, "run": label, "peak_bytes": peak, "flops": flops})
     table = Table(title="128x128, width 128: peak tensor memory of one iteration (fake tensors)")
     for column in ("batch", "run", "peak GiB", "vs fp32", "GFLOP", "vs fp32"):
@@ -467,7 +468,7 @@ def main() -> None:
         batch = (args.batch_128 or (4 if device.type == "cpu" else args.batch)) if size == 128 else args.batch
         repeats = max(3, args.repeats // 2) if size == 128 else args.repeats
         sizes.append(bench_size(size, batch, repeats, device, compile_=not args.no_compile and size < 128))
-    report(args, device, peaks, overhead, sizes)
+    report(device, peaks, overhead, sizes)
     memory = memory_table(device)
     if args.json:
         args.json.write_text(json.dumps({"device": device_name(device), "ceilings": peaks, "overhead": overhead,

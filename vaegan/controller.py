@@ -64,7 +64,7 @@ class PIDController:
         s2 = torch.where(self.seen > 0, self.history[1], s1)
         terms = torch.stack([self.ki * e, self.kp * (s - s1), self.kd * (s - 2 * s1 + s2)])  # I, P, D
         k = torch.clamp(self.k + (terms[0] + terms[1] + terms[2]), self.k_min, self.k_max)
-        new = {"k": k, "window": window, "seen": seen, "history": torch.stack([s, s1]), "term_tensors_stacked": terms}
+        new = {"k": k, "window": window, "seen": seen, "history": torch.stack([s, s1]), "_terms": terms}
         for name, value in new.items():
             setattr(self, name, value if stepped is None else torch.where(stepped, value, getattr(self, name)))
         return self.k.item() if host else self.k
@@ -72,14 +72,15 @@ class PIDController:
     @property
     def terms(self) -> dict[str, float]:
         """The I, P and D terms of the last update, as Python floats (one read from the device)."""
-        return dict(zip("IPD", self.term_tensors_stacked.tolist()))
+        return dict(zip("IPD", self._terms.tolist()))
 
     @property
     def term_tensors(self) -> dict[str, Tensor]:
-        return dict(zip("IPD", self.term_tensors_stacked.unbind()))
+        """The I, P and D terms of the last update, on the device."""
+        return dict(zip("IPD", self._terms.unbind()))
 
     def to(self, device: torch.device) -> "PIDController":
-        for name in ("k", "window", "seen", "history", "term_tensors_stacked"):
+        for name in ("k", "window", "seen", "history", "_terms"):
             setattr(self, name, getattr(self, name).to(device))
         return self
 
@@ -96,7 +97,7 @@ class PIDController:
         self.window = torch.tensor([0.0] * (self.smoothing - len(window)) + window, **as64)
         self.seen = torch.tensor(len(window), **as64)  # errors in the window, up to `smoothing`
         self.history = torch.tensor((list(state["history"]) + [0.0, 0.0])[:2], **as64)  # [s_{t-1}, s_{t-2}]
-        self.term_tensors_stacked = torch.tensor([state["terms"][name] for name in "IPD"], **as64)
+        self._terms = torch.tensor([state["terms"][name] for name in "IPD"], **as64)
 
 
 class EquilibriumCallback(L.Callback):

@@ -26,7 +26,7 @@ class Performance:
 
     def use_channels_last(self, device: torch.device, width: int) -> bool:
         """auto: on GPUs (tensor cores take NHWC); on CPUs below width 64, where it measured faster
-        (x1.3 at the quickstart's width 16; x0.93 at width 64, 64x64)."""
+        (x1.3 at the quickstart's width 16; x1.0 at width 64, x0.89 at width 128: README, Performance)."""
         if self.channels_last is not None:
             return self.channels_last
         return device.type == "cuda" or width < 64
