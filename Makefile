@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install train test table1-cpu pid-vs-p-cpu latent-cpu clean
+.PHONY: install train test table1-cpu pid-vs-p-cpu latent-study latent-cpu clean
 
 install: $(STAMP)
 
@@ -33,9 +33,16 @@ pid-vs-p-cpu: $(STAMP)
 		'controller=began,pid,pid_strong' hydra.sweep.dir=$(PID_SWEEP)
 	$(PY) -m vaegan.report $(PID_SWEEP)
 
-# The README's Latent space pictures: +experiment=celeba_cpu (about 35 minutes on a 2-core CPU, once),
-# then every explore tool, writing to docs/latent/.
-LATENT_RUN ?= outputs/celeba_cpu/run1
+# The loss-convention study (README, The loss convention): every VAE convention, the plain VAE and
+# BEGAN* on +experiment=celeba_cpu, 2 jobs at a time with one thread each, evaluated and tabulated
+# into docs/latent_study/ (about 2 hours on a 2-core CPU; rerun to resume an interrupted study).
+latent-study: $(STAMP)
+	$(PY) experiments/latent_study.py --report-dir docs/latent_study $(ARGS)
+
+# The README's Latent space pictures: +experiment=celeba_cpu (about 10 minutes on a 2-core CPU, once;
+# the study's default row is that run, so after make latent-study nothing is trained again), then
+# every explore tool, writing to docs/latent/.
+LATENT_RUN ?= outputs/latent_study/elbo
 LATENT_CKPT = ckpt_path=$(LATENT_RUN)/checkpoints/last.ckpt
 EXPLORE = $(PY) -m vaegan.explore
 latent-cpu: $(STAMP)

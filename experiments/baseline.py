@@ -25,10 +25,12 @@ class NaiveVAEGAN:
 
     def __init__(self, image_size: int, channels: int, width: int, latent_dim: int, alpha: float = 0.3,
                  beta: float = 0.1, gamma: float = 0.1, eta: float = 0.5, lr: float = 5e-5,
-                 betas: tuple[float, float] = (0.5, 0.999), controller: dict | None = None, fused: bool | None = None):
+                 betas: tuple[float, float] = (0.5, 0.999), controller: dict | None = None, fused: bool | None = None,
+                 kl_reduction: str = "elbo", lsm_normalize: bool = True):
         shape = dict(image_size=image_size, channels=channels, width=width, latent_dim=latent_dim)
         self.encoder, self.generator, self.discriminator = VAEEncoder(**shape), Decoder(**shape), Discriminator(**shape)
         self.alpha, self.beta, self.gamma, self.eta = alpha, beta, gamma, eta
+        self.kl_reduction, self.lsm_normalize = kl_reduction, lsm_normalize  # the loss convention (README)
         self.optimizers = [torch.optim.Adam(net.parameters(), lr=lr, betas=betas, fused=fused) for net in self.networks]
         self.controller = PIDController(**(controller or {}))
         self.history: list[dict[str, float]] = []
@@ -42,14 +44,14 @@ class NaiveVAEGAN:
         a, b, c, k = self.alpha, self.beta, self.gamma, self.controller.k.item()
         mu, logvar = E(x)
         x_v = G(losses.reparameterize(mu, logvar, eps))
-        L_e, L_n = losses.content_loss(x, x_v), losses.kl_loss(mu, logvar)
+        L_e, L_n = losses.content_loss(x, x_v), losses.kl_loss(mu, logvar, self.kl_reduction, x[0].numel())
         x_g = G(z_g)
         z_d, x_d = D(x)
         _, x_g_rec = D(x_g)
         z_v, x_v_rec = D(x_v)
         L_d = losses.reconstruction_loss(x, x_d)
         L_g, L_v = losses.reconstruction_loss(x_g, x_g_rec), losses.reconstruction_loss(x_v, x_v_rec)
-        L_s = losses.similarity_loss(z_d, z_v)
+        L_s = losses.similarity_loss(z_d, z_v, self.lsm_normalize)
         L_gen = losses.generator_objective(L_g, L_v, L_s, L_e, a, b, c)
         L_enc = losses.encoder_objective(L_n, L_s, L_e, b, c)
         x_g_fixed, x_v_fixed = x_g.detach(), x_v.detach()  # the discriminator's own loss, on fixed inputs

@@ -1,3 +1,4 @@
+import csv
 import os
 import pickle
 import shutil
@@ -54,6 +55,15 @@ def run_cli(*overrides: str, timeout: float = 300, env: dict[str, str] | None = 
         [sys.executable, "-m", "vaegan.run", *overrides], cwd=ROOT, env=env, capture_output=True, text=True,
         timeout=timeout,
     )
+
+
+def iteration_rows(run_dir: Path) -> list[dict[str, float]]:
+    """The rows of a run's metrics.csv that its logged iterations wrote (those with ``train/`` values),
+    as numbers. The latent-use monitor and in-training evaluation add rows of their own (``val/``,
+    ``metrics/``) at their intervals."""
+    with open(run_dir / "metrics.csv") as f:
+        rows = [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
+    return [row for row in rows if any(key.startswith("train/") for key in row)]
 
 
 def free_port() -> int:

@@ -123,3 +123,16 @@ def test_a_run_directory_with_last_ckpt_resumes_from_it(tmp_path, good_checkpoin
     shutil.copyfile(good_checkpoint, tmp_path / "checkpoints" / "last.ckpt")
     assert checkpoints.resume_path(None, tmp_path) == str(tmp_path / "checkpoints" / "last.ckpt")
     assert checkpoints.resume_path("other.ckpt", tmp_path) == "other.ckpt"
+
+
+def test_a_checkpoint_of_another_loss_convention_names_the_mismatch(compose_cfg, tmp_path, good_checkpoint):
+    message = resume_error(compose_cfg, tmp_path, good_checkpoint, "model.kl_reduction=mean")
+    assert "kl_reduction: checkpoint 'elbo', this run 'mean'" in message and "its config.yaml" in message
+
+
+def test_a_checkpoint_from_before_lsm_normalize_counts_as_eq_9_as_printed(compose_cfg, tmp_path, good_checkpoint):
+    ckpt = torch.load(good_checkpoint, weights_only=True)
+    del ckpt["hyper_parameters"]["lsm_normalize"]  # as written before the option existed
+    old = tmp_path / "old.ckpt"
+    torch.save(ckpt, old)
+    assert "lsm_normalize: checkpoint False, this run True" in resume_error(compose_cfg, tmp_path, old)

@@ -85,12 +85,23 @@ def test_logger_combinations_compose(compose_cfg, tmp_path):
 @pytest.mark.parametrize(
     "override,key",
     [("data.image_size=48", "data.image_size"), ("model.controller.kp=-1", "model.controller.kp"),
-     ("iterations=0", "iterations"), ("data.channels=2", "data.channels"), ("model.kl_reduction=max", "model.kl_reduction")],
+     ("iterations=0", "iterations"), ("data.channels=2", "data.channels"), ("model.kl_reduction=max", "model.kl_reduction"),
+     ("model.free_nats=-1", "model.free_nats"), ("model.kl_warmup=-5", "model.kl_warmup"),
+     ("model.optimizer.lr_decay.mode=cosine", "model.optimizer.lr_decay.mode"),
+     ("model.optimizer.lr_decay.factor=2", "model.optimizer.lr_decay.factor"),
+     ("callbacks.latent_use.num_images=1", "callbacks.latent_use.num_images")],
 )
 def test_semantic_errors_name_the_key(compose_cfg, tmp_path, override, key):
     cfg = compose_cfg(["+experiment=quickstart", override], tmp_path)
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         validate(cfg)
+
+
+def test_free_bits_need_a_per_image_kl_and_plateau_needs_m(compose_cfg, tmp_path):
+    with pytest.raises(ConfigError, match=r"model\.free_nats=5\.0: .*use elbo or sum_latent"):
+        validate(compose_cfg(["+experiment=quickstart", "model.kl_reduction=mean", "model.free_nats=5"], tmp_path))
+    with pytest.raises(ConfigError, match="plateau follows M"):
+        validate(compose_cfg(["+experiment=quickstart", "model=vae", "model.optimizer.lr_decay.mode=plateau"], tmp_path))
 
 
 def test_cli_rejects_bad_keys_before_training(tmp_path):

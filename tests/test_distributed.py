@@ -1,6 +1,7 @@
 """DDP on two CPU processes (gloo): ranks agree at every iteration, match one process with the
 same global batch, are launched from the run's config, and do not repeat a multirun per rank."""
 
+import csv
 import os
 import signal
 import subprocess
@@ -10,7 +11,7 @@ import time
 import pytest
 import torch
 
-from tests.conftest import ROOT, TINY, free_port, run_cli
+from tests.conftest import ROOT, TINY, free_port, iteration_rows, run_cli
 from vaegan.data.datamodules import IterationBatchSampler
 from vaegan.train import train
 
@@ -71,9 +72,11 @@ def test_trainer_ddp_cpu_launches_its_ranks_from_the_run_config(tmp_path, one_pr
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 3 * ITERATIONS
     assert_close_weights(ckpt["state_dict"], one_process["state_dict"], atol=1e-6)
-    # Written once, by rank 0: one row per iteration, one grid per panel and iteration.
-    rows = (tmp_path / "metrics.csv").read_text().splitlines()
-    assert len(rows) == 1 + ITERATIONS
+    # Written once, by rank 0: one row per iteration, one latent-use row at the end (the images'
+    # interval), one grid per panel and iteration.
+    rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
+    assert len(iteration_rows(tmp_path)) == ITERATIONS
+    assert sum(1 for r in rows if r.get("val/kl_nats")) == 1 and len(rows) == ITERATIONS + 1
     assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == [f"iter_{ITERATIONS:07d}.png"]
 
 
@@ -85,7 +88,7 @@ def test_multirun_of_ddp_jobs_runs_each_job_once(tmp_path):
     for job, seed in (("0", 0), ("1", 1)):
         ckpt = torch.load(tmp_path / job / "checkpoints" / "last.ckpt", weights_only=True)
         assert ckpt["global_step"] == 6 and ckpt["hyper_parameters"]["seed"] == seed
-        assert len((tmp_path / job / "metrics.csv").read_text().splitlines()) == 3
+        assert len(iteration_rows(tmp_path / job)) == 2  # 2 iterations, logged once
     assert done.stdout.count("Launching 2 jobs locally") + done.stderr.count("Launching 2 jobs locally") == 1
 
 

@@ -88,9 +88,13 @@ def test_writes_metrics_json_with_its_protocol(run, fast, tiny_extractor_file, c
     assert record["checkpoint"] == "checkpoints/last.ckpt"
     assert record["iteration"] == ITERATIONS
     assert record["variant"] == "vaegan" and record["seed"] == 0
-    assert set(record["values"]) == {"fid", "kid_mean", "kid_std"}  # no IS without class logits
-    assert all(isinstance(v, float) and v == v for v in record["values"].values())
-    assert record["values"]["fid"] >= 0 and record["values"]["kid_std"] >= 0
+    latent = {"rfid", "kl_nats", "active_units", "psnr", "ssim", "psnr_mean_image"}  # the VAE's reconstructions
+    assert set(record["values"]) == {"fid", "kid_mean", "kid_std"} | latent  # no IS without class logits
+    assert all(isinstance(v, (int, float)) and v == v for v in record["values"].values())
+    values = record["values"]
+    assert values["fid"] >= 0 and values["kid_std"] >= 0 and values["rfid"] >= 0 and values["kl_nats"] >= 0
+    assert 0 <= values["active_units"] <= 8 and -1 <= values["ssim"] <= 1
+    assert all(f"│ {name}" in out for name in latent)  # in the printed table
     protocol = record["protocol"]
     assert protocol["num_samples"] == 64 and protocol["num_reference"] == 100 and protocol["split"] == "train"
     assert protocol["extractor_sha256"] == sha256_of(tiny_extractor_file)
@@ -155,7 +159,7 @@ def test_entry_point_runs_as_a_module(run, fast):
     result = evaluate_cli(f"ckpt_path={ckpt_of(run)}", *fast)
     assert result.returncode == 0, result.stderr[-3000:]
     record = json.loads((run / "metrics.json").read_text())
-    assert record["iteration"] == ITERATIONS and set(record["values"]) == {"fid", "kid_mean", "kid_std"}
+    assert record["iteration"] == ITERATIONS and {"fid", "kid_mean", "kid_std", "rfid"} <= set(record["values"])
     assert f"protocol {record['protocol_key']}:" in result.stdout
     assert str(run / "metrics.json") in "".join(result.stdout.split())
     assert "Traceback" not in result.stderr

@@ -1,7 +1,6 @@
 """The divergence guard, NaNs injected into real runs, per-network gradient clipping."""
 
 import copy
-import csv
 import math
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import torch
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 
-from tests.conftest import CONF, TINY
+from tests.conftest import CONF, TINY, iteration_rows
 from vaegan import train as train_module
 from vaegan.config import ConfigError, register_configs, validate
 from vaegan.controller import EquilibriumCallback
@@ -108,11 +107,6 @@ def add_callbacks(monkeypatch, *extra: L.Callback) -> None:
     monkeypatch.setattr(train_module, "build_callbacks", lambda *args, **kwargs: [*build(*args, **kwargs), *extra])
 
 
-def read_metrics(run_dir: Path) -> list[dict[str, float]]:
-    with open(run_dir / "metrics.csv") as f:
-        return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
-
-
 def load(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
@@ -186,7 +180,7 @@ def test_one_nan_iteration_is_skipped_and_training_finishes(run_with_one_nan):
     ckpt = load(out / "checkpoints" / "last.ckpt")
     assert ckpt["global_step"] == 6 * 3  # every iteration ran, the skipped one included
     assert ckpt["divergence_guard"] == {"skipped": 1, "in_a_row": 0, "first_bad": None}
-    rows = read_metrics(out)
+    rows = iteration_rows(out)
     assert [r["step"] for r in rows] == list(range(6))
     assert [r["train/skipped_iterations"] for r in rows] == [0, 0, 0, 1, 1, 1]  # iteration 4 is row 3
     assert [math.isnan(r["train/L_d"]) for r in rows] == [False, False, False, True, False, False]

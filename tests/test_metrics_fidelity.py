@@ -419,3 +419,33 @@ def test_reference_indices(digits):
     valid = digits.splits["valid"]
     assert np.array_equal(reference_indices(digits, "valid", len(valid), 0), valid)
     assert np.array_equal(reference_indices(digits, "valid", 10**6, 0), valid)
+
+
+class Flatten(torch.nn.Module):
+    """A lossless 'VAE': x -> (x as a code, log-variance 0); the generator reshapes codes back."""
+
+    def forward(self, x):
+        return x.flatten(1), torch.zeros_like(x.flatten(1))
+
+
+class Unflatten(torch.nn.Module):
+    def forward(self, z):
+        return z.view(-1, 1, 16, 16).clamp(-1, 1)
+
+
+def test_rfid_and_latent_use_of_the_reconstructions(digits, tiny):
+    """With an encoder, the reference images are reconstructed through F_vae-d(mu_v(x)) and compared
+    through the same extractor: lossless reconstructions have rFID 0 (up to the rounding of the
+    covariance square root); the latent use is measured on the same images."""
+    encoder, generator = Flatten(), Unflatten()
+    encoder.train()
+    result = evaluate_generator(generator, 256, digits, tiny, batch_size=64, encoder=encoder, **EVAL)
+    assert encoder.training, "the encoder's mode is restored"
+    values = result.values
+    assert values["rfid"] == pytest.approx(0.0, abs=1e-6) and values["fid"] > 0.01  # noise samples are far
+    rows = fidelity.reference_indices(digits, EVAL["split"], EVAL["num_reference"], EVAL["seed"])
+    x = torch.from_numpy(np.asarray(digits.data.images[rows])).permute(0, 3, 1, 2).float() / 127.5 - 1
+    kl = (0.5 * x.flatten(1).pow(2)).sum(1).mean()  # KL of N(x, 1) against N(0, 1), per image
+    assert values["kl_nats"] == pytest.approx(kl.item(), rel=1e-4)
+    assert values["psnr"] == float("inf") and values["ssim"] == pytest.approx(1.0, abs=1e-4)
+    assert values["psnr_mean_image"] < 30

@@ -44,7 +44,12 @@ def reference_gradients(net, x, k):
     z_v, x_v_rec = D(x_v)
     _, x_g_rec = D(x_g)
     L_s, L_e = (z_d - z_v).abs().mean(), (x - x_v).abs().mean()
-    L_n = (-0.5 * (1 + logvar - mu**2 - logvar.exp())).mean()
+    if net.hparams.lsm_normalize:  # each image's error over its own code scale
+        L_s = ((z_d - z_v).abs().mean(1) / z_d.detach().abs().mean(1)).mean()
+    kl = -0.5 * (1 + logvar - mu**2 - logvar.exp())
+    # L_n under the module's convention (elbo: KL per image over the pixel count D), times the warm-up weight
+    L_n = kl.mean() if net.hparams.kl_reduction == "mean" else kl.sum(1).mean() / x[0].numel()
+    L_n = min(1.0, 1 / net.hparams.kl_warmup) * L_n if net.hparams.kl_warmup else L_n
     L_gen = (x_g - x_g_rec).abs().mean() + a * (x_v - x_v_rec).abs().mean() + b * L_s + c * L_e
     L_enc = L_n + b * L_s + c * L_e
     xv, xg = x_v.detach(), x_g.detach()
@@ -58,15 +63,17 @@ def reference_gradients(net, x, k):
     }
 
 
+@pytest.mark.parametrize("convention", [{}, {"kl_reduction": "mean", "lsm_normalize": False}, {"kl_warmup": 4}],
+                         ids=["default", "earlier", "warmup"])
 @pytest.mark.parametrize("shared_backward,rtol,atol", [
     (False, 1e-5, 1e-7),  # one backward pass per objective
     # grad_D L_dis = grad_D L_d - k grad_D A formed from two passes: where the two nearly cancel,
     # the rounding of each shows (measured: 2e-5 relative on one of ~50k elements)
     (True, 1e-4, 1e-5),
 ], ids=["per_objective", "shared_backward"])
-def test_each_optimizer_steps_only_on_its_own_objective(shared_backward, rtol, atol):
+def test_each_optimizer_steps_only_on_its_own_objective(shared_backward, rtol, atol, convention):
     torch.manual_seed(0)
-    module = VAEGANModule(**HP)
+    module = VAEGANModule(**HP, **convention)
     module.performance = Performance(channels_last=False, shared_backward=shared_backward)
     module.k = 0.37  # k_{t-1} != 0, so L_dis's fake terms matter
     before = copy.deepcopy(module)
@@ -161,8 +168,34 @@ def test_kl_reduction_is_configurable():
     x = torch.rand(4, 1, 16, 16)
     m_mean = VAEGANModule(**HP, kl_reduction="mean")
     m_sum = VAEGANModule(**HP, kl_reduction="sum_latent")
+    m_elbo = VAEGANModule(**HP)
+    assert m_elbo.hparams.kl_reduction == "elbo"  # the default
     m_sum.load_state_dict(m_mean.state_dict())
+    m_elbo.load_state_dict(m_mean.state_dict())
     noise = m_mean.draw_noise(4, 0)
     L_mean = m_mean.compute_losses(x, noise)["L_n"]
     L_sum = m_sum.compute_losses(x, noise)["L_n"]
+    L_elbo = m_elbo.compute_losses(x, noise)["L_n"]
     torch.testing.assert_close(L_sum, L_mean * HP["latent_dim"])
+    torch.testing.assert_close(L_elbo, L_sum / (1 * 16 * 16))  # D = C*H*W pixel values
+
+
+def test_logvar_init_starts_every_image_at_that_sigma():
+    x = torch.rand(5, 1, 16, 16) * 2 - 1
+    _, logvar = VAEGANModule(**HP, logvar_init=-6.0).encode(x)
+    assert torch.equal(logvar, torch.full_like(logvar, -6.0))
+    _, logvar = VAEGANModule(**HP).encode(x)  # PyTorch's init: sigma near 1, varying
+    assert logvar.abs().max() < 1 and logvar.std() > 0
+
+
+def test_old_checkpoints_keep_their_convention(tmp_path):
+    """A checkpoint written before the elbo default names kl_reduction=mean in its hyper-parameters."""
+    module = VAEGANModule(**HP, kl_reduction="mean")
+    path = tmp_path / "old.ckpt"
+    hparams = {k: v for k, v in module.hparams.items()
+               if k not in ("free_nats", "kl_warmup", "logvar_init", "lsm_normalize", "lr_decay")}
+    torch.save({"hyper_parameters": hparams, "state_dict": module.state_dict(), "global_step": 0}, path)
+    loaded, _ = VAEGANModule.from_checkpoint(path)
+    assert loaded.hparams.kl_reduction == "mean" and loaded.hparams.kl_warmup == 0
+    assert loaded.hparams.lsm_normalize is False  # Eq. 9 as printed, as before the option existed
+    assert loaded.lr_decay.mode is None

@@ -1,6 +1,5 @@
 """Numerical precision and strategies: fp16 and unsupported strategies are refused, bf16-mixed trains."""
 
-import csv
 import math
 from pathlib import Path
 
@@ -8,7 +7,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from tests.conftest import CONF, TINY
+from tests.conftest import CONF, TINY, iteration_rows
 from vaegan.config import ConfigError, register_configs, validate
 from vaegan.train import train
 
@@ -50,8 +49,7 @@ def weights(run: Path) -> dict[str, torch.Tensor]:
 
 
 def test_bf16_mixed_trains_with_finite_losses(runs):
-    with open(runs["bf16-mixed"] / "metrics.csv") as f:
-        rows = list(csv.DictReader(f))
+    rows = iteration_rows(runs["bf16-mixed"])
     assert [int(r["step"]) for r in rows] == [0, 1, 2, 3]
     for name in ("L_d", "L_g", "L_v", "L_s", "L_e", "L_n", "e", "M", "k"):
         assert all(math.isfinite(float(r[f"train/{name}"])) for r in rows), name

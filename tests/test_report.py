@@ -61,10 +61,12 @@ def multirun(tmp_path: Path) -> Path:
     ref = {"is_mean": 11.2, "is_std": 0.1}
     make_run(root / "0", "vaegan", 1, csv_rows=[metrics_row(1, "0.5", "0.01"), metrics_row(2, "0.4", "0.02")],
              values={"is_mean": 6.1, "is_std": 0.1, "fid": 41.2, "kid_mean": 0.031, "kid_std": 0.002,
-                     "precision": 0.6, "recall": 0.4}, reference=ref)
+                     "precision": 0.6, "recall": 0.4, "rfid": 100.0, "kl_nats": 90.0, "active_units": 64,
+                     "psnr": 20.0, "ssim": 0.5, "psnr_mean_image": 12.0}, reference=ref)
     make_run(root / "1", "vaegan", 0, csv_rows=[metrics_row(1, "0.6", "0.0"), metrics_row(2, "0.3", "0.01"), metrics_row(3)],
              values={"is_mean": 6.5, "is_std": 0.2, "fid": 39.0, "kid_mean": 0.027, "kid_std": 0.003,
-                     "precision": 0.7, "recall": 0.5}, reference=ref)
+                     "precision": 0.7, "recall": 0.5, "rfid": 120.0, "kl_nats": 110.0, "active_units": 60,
+                     "psnr": 21.0, "ssim": 0.6, "psnr_mean_image": 12.0}, reference=ref)
     make_run(root / "2", "began", 0, csv_rows=[metrics_row(1, "0.9", "0.0"), metrics_row(2, "0.8", "0.001")],
              values={"is_mean": 5.0, "fid": 60.0, "kid_mean": 0.05}, reference={"is_mean": 11.4})
     make_run(root / "3", "began", 1, csv_rows=[metrics_row(1, "0.7", "0.0")], values={"is_mean": 5.4, "fid": 58.0, "kid_mean": 0.04})
@@ -78,7 +80,9 @@ def test_csv_rows_in_order_with_hand_computed_stats(multirun: Path, capsys) -> N
     assert main([str(multirun)]) == 0
     header, rows = read_table(multirun / "table1.csv")
     assert header == ["variant", "runs", "seeds", "is_mean", "is_std", "fid_mean", "fid_std", "kid_mean", "kid_std",
-                      "precision_mean", "recall_mean", "final_M_mean", "final_M_std", "paper_is"]
+                      "precision_mean", "recall_mean", "rfid_mean", "rfid_std", "kl_nats_mean", "kl_nats_std",
+                      "active_units_mean", "psnr_mean", "psnr_std", "ssim_mean", "psnr_mean_image_mean", "final_M_mean",
+                      "final_M_std", "paper_is"]
     assert list(rows) == ["began", "began_pid", "began_pid_lsm", "vaegan", "vae", "real images"]
     vg = rows["vaegan"]
     assert vg["runs"] == "2" and vg["seeds"] == "0;1"  # sorted by seed, not by job number
@@ -86,6 +90,12 @@ def test_csv_rows_in_order_with_hand_computed_stats(multirun: Path, capsys) -> N
     assert close(vg["fid_mean"], statistics.mean([41.2, 39.0])) and close(vg["fid_std"], statistics.stdev([41.2, 39.0]))
     assert close(vg["kid_mean"], statistics.mean([0.031, 0.027])) and close(vg["kid_std"], statistics.stdev([0.031, 0.027]))
     assert close(vg["precision_mean"], 0.65) and close(vg["recall_mean"], 0.45)
+    assert close(vg["rfid_mean"], 110.0) and close(vg["rfid_std"], statistics.stdev([100.0, 120.0]))
+    assert close(vg["kl_nats_mean"], 100.0) and close(vg["active_units_mean"], 62.0)
+    assert close(vg["psnr_mean"], 20.5) and close(vg["ssim_mean"], 0.55) and close(vg["psnr_mean_image_mean"], 12.0)
+    assert rows["began"]["kl_nats_mean"] == ""  # no encoder
+    md = (multirun / "table1.md").read_text()
+    assert "| 110.00 ± 14.14 | 100.0 ± 14.1 | 62.0 | 20.50 ± 0.71 (12.00) | 0.550 |" in md  # rFID, KL, AU, PSNR, SSIM
     # final M: run 1 logs 0.3 then an empty M cell at step 3; run 0 ends on 0.4
     assert close(vg["final_M_mean"], statistics.mean([0.4, 0.3])) and close(vg["final_M_std"], statistics.stdev([0.4, 0.3]))
     began = rows["began"]
@@ -113,7 +123,7 @@ def test_real_images_row_from_reference_values(multirun: Path) -> None:
     assert close(real["is_mean"], statistics.mean(refs)) and close(real["is_std"], statistics.stdev(refs))
     assert real["fid_mean"] == real["final_M_mean"] == real["kid_mean"] == ""
     md = (multirun / "table1.md").read_text()
-    assert "| Real images | 3 | 11.27 ± 0.12 | 11.24 | — | — | — |" in md
+    assert "| Real images | 3 | 11.27 ± 0.12 | 11.24 | — | — | — | — | — | — | — | — |" in md
 
 
 def test_no_real_images_row_without_reference(tmp_path: Path) -> None:

@@ -1,20 +1,14 @@
 """End to end on real images (scikit-learn's digits): the CLI trains, writes every output, resumes."""
 
-import csv
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from tests.conftest import TINY, run_cli
+from tests.conftest import TINY, iteration_rows, run_cli
 from vaegan.controller import PIDController
 from vaegan.module import VAEGANModule
-
-
-def read_metrics(run_dir: Path) -> list[dict[str, float]]:
-    with open(run_dir / "metrics.csv") as f:
-        return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
 
 
 def load(path: Path) -> dict:
@@ -35,7 +29,7 @@ def trained_run(tmp_path_factory):
 
 
 def test_training_learns_and_moves_k(trained_run):
-    rows = read_metrics(trained_run)
+    rows = iteration_rows(trained_run)
     assert [r["step"] for r in rows] == list(range(40))  # one row per iteration, indexed by iteration
     L_d = [r["train/L_d"] for r in rows]
     assert sum(L_d[-5:]) / 5 < 0.8 * sum(L_d[:5]) / 5  # the discriminator learns to reconstruct real digits
@@ -108,12 +102,12 @@ def test_checkpoint_loads_into_the_public_api(trained_run):
 def test_resume_restores_iteration_controller_and_optimizers(trained_run, tmp_path):
     ckpt = trained_run / "checkpoints" / "iter_0000020.ckpt"
     saved = load(ckpt)
-    before = read_metrics(trained_run)
+    before = iteration_rows(trained_run)
     result = run_cli(
         *TINY, "iterations=25", "model.controller.ki=0.02", f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    after = read_metrics(tmp_path)
+    after = iteration_rows(tmp_path)
     assert [r["step"] for r in after] == list(range(20, 25))  # the iteration count continues
 
     # k: the first resumed update starts from the saved controller state, not from k = 0

@@ -18,6 +18,15 @@ import torch
 
 # Settings that change the shapes of the weights: a checkpoint resumes only a run that agrees on all.
 ARCHITECTURE = ("variant", "vae", "discriminator", "lsm", "image_size", "channels", "width", "latent_dim")
+# The VAE's loss convention (README, The loss convention): a run resumed under another one would change
+# its objective half-way. Checkpoints written before a key existed trained with these values.
+CONVENTION = ("kl_reduction", "lsm_normalize")
+BEFORE_THE_KEY = {"lsm_normalize": False}
+
+
+def saved_hyper_parameters(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint's hyper-parameters, with the values it trained with for keys added since."""
+    return {**BEFORE_THE_KEY, **ckpt["hyper_parameters"]}
 
 
 class CheckpointError(ValueError):
@@ -47,10 +56,10 @@ def load(path: str | Path, weights_only: bool = True) -> dict[str, Any]:
 
 def check_resumable(ckpt: dict[str, Any], path: str | Path, hparams: dict[str, Any]) -> None:
     """Raises CheckpointError naming each architecture setting where the checkpoint and the run differ."""
-    saved = ckpt["hyper_parameters"]
-    keys = ARCHITECTURE + ("ema",)
-    mine = {**{k: hparams.get(k) for k in ARCHITECTURE}, "ema": hparams.get("ema_decay", 0.0) > 0}
-    theirs = {**{k: saved.get(k) for k in ARCHITECTURE}, "ema": saved.get("ema_decay", 0.0) > 0}
+    saved = saved_hyper_parameters(ckpt)
+    keys = ARCHITECTURE + CONVENTION + ("ema",)
+    mine = {**{k: hparams.get(k) for k in ARCHITECTURE + CONVENTION}, "ema": hparams.get("ema_decay", 0.0) > 0}
+    theirs = {**{k: saved.get(k) for k in ARCHITECTURE + CONVENTION}, "ema": saved.get("ema_decay", 0.0) > 0}
     differ = [f"{key}: checkpoint {theirs[key]!r}, this run {mine[key]!r}" for key in keys if theirs[key] != mine[key]]
     if differ:
         raise CheckpointError(f"{path} was trained with other model settings ({'; '.join(differ)}); resume it with "

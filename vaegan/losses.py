@@ -12,7 +12,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-KLReduction = Literal["mean", "sum_latent"]
+KLReduction = Literal["elbo", "mean", "sum_latent"]
 
 
 def reparameterize(mu: Tensor, logvar: Tensor, eps: Tensor) -> Tensor:
@@ -31,19 +31,46 @@ def content_loss(x: Tensor, x_v: Tensor) -> Tensor:
     return l1(x, x_v)
 
 
-def kl_loss(mu: Tensor, logvar: Tensor, reduction: KLReduction = "mean") -> Tensor:
-    """Eq. 3: L_n = KL(N(mu_v, sigma_v) || N(0, I)) in closed form.
-
-    ``mean`` averages over batch and latent dimensions (this project's default, SPEC.md);
-    ``sum_latent`` sums over the latent dimensions and averages over the batch (the usual ELBO).
-    """
+def kl_per_image(mu: Tensor, logvar: Tensor) -> Tensor:
+    """KL(N(mu, sigma) || N(0, I)) of each image in nats, summed over the latent dimensions: (B,)."""
     mu, logvar = mu.float(), logvar.float()  # float32 under bf16 autocast too
-    kl = -0.5 * (1.0 + logvar - mu.pow(2) - logvar.exp())
+    return (-0.5 * (1.0 + logvar - mu.pow(2) - logvar.exp())).sum(dim=1)
+
+
+def kl_loss(mu: Tensor, logvar: Tensor, reduction: KLReduction, pixels: int | None = None,
+            free_nats: float = 0.0) -> Tensor:
+    """Eq. 3: L_n = KL(N(mu_v, sigma_v) || N(0, I)) in closed form, reduced by ``reduction``:
+
+    ``elbo`` (the model's default): the per-image KL, summed over latent dimensions and averaged over the
+    batch, divided by ``pixels`` = D = C*H*W. L_e is a mean over the D pixel values, so
+    gamma L_e + L_n = (gamma sum|x - x_v| + KL) / D: the per-image ELBO of a Laplace decoder of
+    scale 1/gamma, scaled by 1/D like every other term (README, "The loss convention");
+    ``mean``: the mean over batch and latent dimensions (the earlier reading; with L_e's mean over
+    pixels the encoder is a beta-VAE with beta = D / (gamma h), and the posterior collapses);
+    ``sum_latent``: the per-image KL averaged over the batch (beta = D / gamma against L_e).
+
+    ``free_nats`` > 0 (``elbo`` and ``sum_latent``) floors the batch's mean KL per image at that
+    many nats: below it the encoder pays nothing (free bits, Kingma et al. 2016).
+    """
     if reduction == "mean":
-        return kl.mean()
+        mu, logvar = mu.float(), logvar.float()
+        return (-0.5 * (1.0 + logvar - mu.pow(2) - logvar.exp())).mean()
+    if reduction not in ("elbo", "sum_latent"):
+        raise ValueError(f"unknown KL reduction {reduction!r}: use elbo, mean or sum_latent")
+    kl = kl_per_image(mu, logvar).mean()
+    if free_nats > 0:
+        kl = kl.clamp(min=free_nats)
     if reduction == "sum_latent":
-        return kl.sum(dim=1).mean()
-    raise ValueError(f"unknown KL reduction {reduction!r}: use 'mean' or 'sum_latent'")
+        return kl
+    if not pixels:
+        raise ValueError("the 'elbo' KL reduction needs the number of pixel values D = C*H*W (pixels=...)")
+    return kl / pixels
+
+
+def kl_warmup_weight(iteration: int, warmup: int) -> float:
+    """The weight of L_n in L_enc at ``iteration`` (1, 2, ...): rising linearly from 1/warmup to 1
+    over ``warmup`` iterations (0 = always 1), as in Bowman et al.'s KL annealing."""
+    return 1.0 if warmup <= 0 else min(1.0, iteration / warmup)
 
 
 def reconstruction_loss(x: Tensor, x_rec: Tensor) -> Tensor:
@@ -55,12 +82,19 @@ def reconstruction_loss(x: Tensor, x_rec: Tensor) -> Tensor:
     return l1(x, x_rec)
 
 
-def similarity_loss(z_d: Tensor, z_v: Tensor) -> Tensor:
+def similarity_loss(z_d: Tensor, z_v: Tensor, normalize: bool = False) -> Tensor:
     """Eq. 9: L_s = mean |z_d - z'_v|, the learned similarity metric (LSM).
 
-    z_d codes the real images and z'_v their VAE reconstructions, pair by pair.
+    z_d codes the real images and z'_v their VAE reconstructions, pair by pair. The discriminator's
+    codes have no fixed scale (they drift to |z| of several units while the image losses are about
+    0.1); ``normalize`` divides each image's mean |z_d - z'_v| by its own mean |z_d| (not
+    differentiated), so L_s is a relative error, and a mean over images as under DDP's slices.
     """
-    return l1(z_d, z_v)
+    if not normalize:
+        return l1(z_d, z_v)
+    z_d, z_v = z_d.float(), z_v.float()
+    scale = z_d.detach().abs().mean(dim=1).clamp(min=1e-8)
+    return ((z_d - z_v).abs().mean(dim=1) / scale).mean()
 
 
 def feature_matching_similarity_loss(z_d: Tensor, z_g: Tensor) -> Tensor:
@@ -85,9 +119,10 @@ def generator_objective(
     return L_g + alpha * L_v + beta * L_s + gamma * L_e
 
 
-def encoder_objective(L_n: Tensor, L_s: Tensor, L_e: Tensor, beta: float, gamma: float) -> Tensor:
-    """Eq. 15: L_enc = L_n + beta L_s + gamma L_e."""
-    return L_n + beta * L_s + gamma * L_e
+def encoder_objective(L_n: Tensor, L_s: Tensor, L_e: Tensor, beta: float, gamma: float,
+                      kl_weight: float = 1.0) -> Tensor:
+    """Eq. 15: L_enc = L_n + beta L_s + gamma L_e (L_n weighted by ``kl_weight`` during a KL warm-up)."""
+    return kl_weight * L_n + beta * L_s + gamma * L_e
 
 
 def adversarial_term(L_g: Tensor, L_v: Tensor, alpha: float) -> Tensor:

@@ -32,6 +32,12 @@ class VAEGANModule(L.LightningModule):
     One *iteration* (the paper's unit) is one batch: ``len(self.networks)`` optimizer steps, so
     ``iteration = global_step // len(self.networks)``.
 
+    The VAE's loss convention (README, "The loss convention"): ``kl_reduction`` reduces L_n
+    (``losses.kl_loss``), with ``free_nats`` as a floor on the KL per image; ``kl_warmup`` ramps
+    L_n's weight in L_enc from 0 to 1 over that many iterations; ``logvar_init`` starts sigma_v
+    small (``networks.VAEEncoder``); ``lsm_normalize`` makes L_s relative to the codes' scale.
+    ``lr_decay`` is BEGAN's learning-rate decay (``LearningRateDecay``).
+
     Around Algorithm 1: ``clip`` caps each network's gradient norm (by name; None = no cap);
     ``DivergenceGuard`` skips iterations with non-finite losses or gradients; with ``ema_decay``
     > 0 an exponential moving average of the generator, started after ``ema_start`` iterations,
@@ -52,7 +58,11 @@ class VAEGANModule(L.LightningModule):
         beta: float = 0.1,
         gamma: float = 0.1,
         eta: float = 0.5,
-        kl_reduction: losses.KLReduction = "mean",
+        kl_reduction: losses.KLReduction = "elbo",
+        free_nats: float = 0.0,
+        kl_warmup: int = 0,
+        logvar_init: float | None = None,
+        lsm_normalize: bool = True,
         lr: float = 5e-5,
         betas: tuple[float, float] = (0.5, 0.999),
         seed: int = 0,
@@ -61,6 +71,7 @@ class VAEGANModule(L.LightningModule):
         ema_start: int = 0,
         clip: dict[str, float | None] | None = None,
         max_bad_in_a_row: int = 10,
+        lr_decay: dict[str, Any] | None = None,
     ):
         super().__init__()
         if not (vae or discriminator):
@@ -68,7 +79,7 @@ class VAEGANModule(L.LightningModule):
         self.save_hyperparameters()
         self.automatic_optimization = False
         shape = dict(image_size=image_size, channels=channels, width=width, latent_dim=latent_dim)
-        self.encoder = VAEEncoder(**shape) if vae else None
+        self.encoder = VAEEncoder(**shape, logvar_init=logvar_init) if vae else None
         self.generator = Decoder(**shape)
         self.discriminator = Discriminator(**shape) if discriminator else None
         self.generator_ema = None
@@ -80,6 +91,7 @@ class VAEGANModule(L.LightningModule):
         self.performance = Performance()  # how iterations run: set before fit, applied at its start
         self.memory_format = torch.contiguous_format
         self.train_precision = "32-true"  # trainer.precision of the training so far (metrics protocols record it)
+        self.lr_decay = LearningRateDecay(**(lr_decay or {}))
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, map_location: str | torch.device = "cpu") -> tuple["VAEGANModule", int]:
@@ -87,7 +99,7 @@ class VAEGANModule(L.LightningModule):
         iteration; raises CheckpointError (a ValueError) naming the problem for files that are not such
         checkpoints."""
         ckpt = checkpoints.load(path)
-        module = cls(**ckpt["hyper_parameters"])
+        module = cls(**checkpoints.saved_hyper_parameters(ckpt))
         module.train_precision = ckpt.get("train_precision", "32-true")
         try:
             module.load_state_dict(ckpt["state_dict"])
@@ -167,7 +179,7 @@ class VAEGANModule(L.LightningModule):
             mu, logvar = self.encoder(x)
             x_v = self.generator(losses.reparameterize(mu, logvar, noise["eps"]))
             terms["L_e"] = losses.content_loss(x, x_v)
-            terms["L_n"] = losses.kl_loss(mu, logvar, hp.kl_reduction)
+            terms["L_n"] = losses.kl_loss(mu, logvar, hp.kl_reduction, x[0].numel(), hp.free_nats)
         if self.discriminator is not None:
             x_g = self.generator(noise["z_g"])
             seen = self.discriminate_each({"d": x, "g": x_g, **({"v": x_v} if self.encoder is not None else {})})
@@ -178,7 +190,7 @@ class VAEGANModule(L.LightningModule):
                 z_v, x_v_rec = seen["v"]
                 terms["L_v"] = losses.reconstruction_loss(x_v, x_v_rec)
                 if hp.lsm:
-                    terms["L_s"] = losses.similarity_loss(z_d, z_v)
+                    terms["L_s"] = losses.similarity_loss(z_d, z_v, hp.lsm_normalize)
             elif hp.lsm:
                 terms["L_s"] = losses.feature_matching_similarity_loss(z_d, z_g)
         return terms
@@ -200,10 +212,14 @@ class VAEGANModule(L.LightningModule):
         k = self.k_in(zero.dtype)
         objectives = {"generator": losses.generator_objective(L_g, L_v, L_s, L_e, hp.alpha, hp.beta, hp.gamma)}
         if self.encoder is not None:
-            objectives["encoder"] = losses.encoder_objective(L_n, L_s, L_e, hp.beta, hp.gamma)
+            objectives["encoder"] = losses.encoder_objective(L_n, L_s, L_e, hp.beta, hp.gamma, self.kl_weight())
         if self.discriminator is not None:
             objectives["discriminator"] = losses.discriminator_objective(L_d, L_g, L_v, k, hp.alpha)
         return objectives
+
+    def kl_weight(self) -> float:
+        """L_n's weight in L_enc this iteration (1 unless a KL warm-up is running)."""
+        return losses.kl_warmup_weight(self.iteration + 1, self.hparams.kl_warmup)
 
     def k_in(self, dtype: torch.dtype) -> float | Tensor:
         """k_{t-1} in the losses' dtype (the controller keeps it in float64 on the device)."""
@@ -257,7 +273,7 @@ class VAEGANModule(L.LightningModule):
         if "L_s" in terms or "L_e" in terms:
             C = losses.shared_term(terms.get("L_s", zero), terms.get("L_e", zero), hp.beta, hp.gamma)
             if self.encoder is not None:
-                passes.append((terms["L_n"] + C, ["encoder", "generator"], None))
+                passes.append((self.kl_weight() * terms["L_n"] + C, ["encoder", "generator"], None))
             else:
                 passes.append((C, ["generator"], None))
         return passes
@@ -324,6 +340,7 @@ class VAEGANModule(L.LightningModule):
         stepped = self.guard.record(iteration, {**terms, **{f"gradient of the {n}": v for n, v in norms.items()}})
         self.step_networks(norms, stepped)  # lines 8, 11, 13: step θe, θd, θe' and θd' (unless not finite)
         self.update_ema(iteration, stepped)
+        self.lr_decay.step(self, iteration, stats.get("M"))  # BEGAN's decay, when configured
         if self.is_logging_iteration(iteration):
             self.guard.poll()  # warns about skipped iterations; raises DivergenceError
             self.log_dict({f"train/{name}": value for name, value in {**terms, **stats}.items()})
@@ -338,14 +355,19 @@ class VAEGANModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["divergence_guard"] = self.guard.state_dict()
         checkpoint["train_precision"] = self.train_precision
+        checkpoint["lr_decay"] = self.lr_decay.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "divergence_guard" in checkpoint:
             self.guard.load_state_dict(checkpoint["divergence_guard"])
+        if "lr_decay" in checkpoint:
+            self.lr_decay.load_state_dict(checkpoint["lr_decay"])
 
-    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+    def configure_optimizers(self):
         hp = self.hparams
-        return [adam(net.parameters(), lr=hp.lr, betas=tuple(hp.betas)) for net in self.networks.values()]
+        optimizers = [adam(net.parameters(), lr=hp.lr, betas=tuple(hp.betas)) for net in self.networks.values()]
+        schedulers = self.lr_decay.schedulers(optimizers)
+        return (optimizers, schedulers) if schedulers else optimizers
 
 
 def adam(params, **kwargs) -> torch.optim.Adam:
@@ -356,3 +378,59 @@ def adam(params, **kwargs) -> torch.optim.Adam:
         return torch.optim.Adam(params, fused=True, **kwargs)
     except RuntimeError:  # a device without the fused kernel
         return torch.optim.Adam(params, **kwargs)
+
+
+class LearningRateDecay:
+    """BEGAN's learning-rate decay (SPEC.md, Sec. 4), stepped by the training step itself (manual
+    optimization): every optimizer's learning rate is multiplied by ``factor`` (BEGAN: 0.5)
+
+    - ``mode="step"``: every ``every_n_iterations`` iterations (``torch.optim.lr_scheduler.StepLR``);
+    - ``mode="plateau"``: when the mean of M over the last ``every_n_iterations`` iterations is
+      not below the best such mean so far (``ReduceLROnPlateau`` with no patience, fed window means:
+      M is summed on the device and read once per window; not below ``min_lr``);
+    - ``mode=None``: never.
+
+    Lightning saves and restores the schedulers' state in checkpoints; the window's running sum is
+    saved by the module, so a resumed run decays exactly as an uninterrupted one.
+    """
+
+    MODES = (None, "step", "plateau")
+
+    def __init__(self, mode: str | None = None, factor: float = 0.5, every_n_iterations: int = 100_000,
+                 min_lr: float = 0.0):
+        if mode not in self.MODES:
+            raise ValueError(f"lr_decay mode {mode!r}: use null, step or plateau")
+        self.mode, self.factor, self.every, self.min_lr = mode, factor, every_n_iterations, min_lr
+        self._sum: Tensor | float = 0.0  # M summed over the current window (plateau)
+
+    def schedulers(self, optimizers: list[torch.optim.Optimizer]) -> list:
+        if self.mode == "step":
+            return [torch.optim.lr_scheduler.StepLR(opt, self.every, self.factor) for opt in optimizers]
+        if self.mode == "plateau":
+            return [torch.optim.lr_scheduler.ReduceLROnPlateau(opt, "min", self.factor, patience=0, threshold=0.0,
+                                                               min_lr=self.min_lr) for opt in optimizers]
+        return []
+
+    def step(self, module: L.LightningModule, iteration: int, M: Tensor | None) -> None:
+        if self.mode is None:
+            return
+        schedulers = module.lr_schedulers()
+        schedulers = schedulers if isinstance(schedulers, list) else [schedulers]
+        if self.mode == "step":
+            for scheduler in schedulers:
+                scheduler.step()
+            return
+        if M is None:
+            raise ValueError("lr_decay mode 'plateau' follows M, which needs a discriminator; use mode=step")
+        self._sum = self._sum + M.detach().double()
+        if iteration % self.every == 0:
+            mean = float(self._sum) / self.every
+            self._sum = 0.0
+            for scheduler in schedulers:
+                scheduler.step(mean)
+
+    def state_dict(self) -> dict[str, float]:
+        return {"window_sum": float(self._sum)}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self._sum = state["window_sum"]

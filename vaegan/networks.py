@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import Tensor, nn
 
 BASE_RESOLUTION = 8
@@ -72,11 +73,21 @@ class Decoder(nn.Module):
 
 
 class VAEEncoder(nn.Module):
-    """F_vae-e: image -> (mu_v, logvar_v), each of size h."""
+    """F_vae-e: image -> (mu_v, logvar_v), each of size h.
 
-    def __init__(self, image_size: int, channels: int, width: int, latent_dim: int):
+    With PyTorch's default initialisation sigma starts near 1 while mu varies across images by
+    about 1e-3, so z_v starts as almost pure noise. ``logvar_init`` (a number) zeroes the weights of
+    the log-variance half of the last layer and sets its bias to that value: every image then starts
+    with sigma = exp(logvar_init / 2).
+    """
+
+    def __init__(self, image_size: int, channels: int, width: int, latent_dim: int, logvar_init: float | None = None):
         super().__init__()
         self.net = Encoder(image_size, channels, width, 2 * latent_dim)
+        if logvar_init is not None:
+            with torch.no_grad():
+                self.net.fc.weight[latent_dim:].zero_()
+                self.net.fc.bias[latent_dim:].fill_(logvar_init)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         mu, logvar = self.net(x).chunk(2, dim=1)

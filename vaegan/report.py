@@ -31,10 +31,14 @@ DISPLAY = {"began": "BEGAN", "began_pid": "BEGAN*", "began_pid_lsm": "BEGAN* + L
            "vaegan": "VAE + BEGAN* + LSM", "vae": "VAE", REAL: "Real images"}
 DATASETS = {"cifar10": "CIFAR-10", "celeba": "CelebA"}
 COLUMNS = ["variant", "runs", "seeds", "is_mean", "is_std", "fid_mean", "fid_std", "kid_mean", "kid_std",
-           "precision_mean", "recall_mean", "final_M_mean", "final_M_std", "paper_is"]
+           "precision_mean", "recall_mean", "rfid_mean", "rfid_std", "kl_nats_mean", "kl_nats_std", "active_units_mean",
+           "psnr_mean", "psnr_std", "ssim_mean", "psnr_mean_image_mean", "final_M_mean", "final_M_std", "paper_is"]
 # CSV column prefix -> (key of metrics.json "values", whether a std column follows the mean).
 STATS = {"is": ("is_mean", True), "fid": ("fid", True), "kid": ("kid_mean", True),
-         "precision": ("precision", False), "recall": ("recall", False)}
+         "precision": ("precision", False), "recall": ("recall", False),
+         # the VAE's reconstructions and latent use (models with an encoder; vaegan.metrics.latent_use)
+         "rfid": ("rfid", True), "kl_nats": ("kl_nats", True), "active_units": ("active_units", False),
+         "psnr": ("psnr", True), "ssim": ("ssim", False), "psnr_mean_image": ("psnr_mean_image", False)}
 NOTE = ("Mean ± standard deviation over seeds. The paper's numbers come from its Table 1 (IS only); "
         "ours were measured under the protocol below.")
 DIFFERENT = "**Warning: runs were evaluated under different protocols; their numbers are not comparable.**"
@@ -192,11 +196,15 @@ def _pm(mean: float | None, std: float | None, digits: int) -> str:
 
 def markdown_table(rows: list[dict]) -> str:
     """The GitHub Markdown table of the summary rows."""
-    lines = ["| Variant | Runs | IS (ours) | IS (paper) | FID | KID | final M |", "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| Variant | Runs | IS (ours) | IS (paper) | FID | KID | rFID | KL nats | active units | PSNR (mean image) "
+             "| SSIM | final M |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
+        floor = "" if r["psnr_mean_image_mean"] is None else f" ({r['psnr_mean_image_mean']:.2f})"
         cells = [DISPLAY.get(r["variant"], r["variant"]), str(r["runs"]), _pm(r["is_mean"], r["is_std"], 2),
                  _pm(r["paper_is"], None, 2), _pm(r["fid_mean"], r["fid_std"], 2), _pm(r["kid_mean"], r["kid_std"], 4),
-                 _pm(r["final_M_mean"], r["final_M_std"], 4)]
+                 _pm(r["rfid_mean"], r["rfid_std"], 2), _pm(r["kl_nats_mean"], r["kl_nats_std"], 1),
+                 _pm(r["active_units_mean"], None, 1), _pm(r["psnr_mean"], r["psnr_std"], 2) + floor,
+                 _pm(r["ssim_mean"], None, 3), _pm(r["final_M_mean"], r["final_M_std"], 4)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -143,6 +143,8 @@ def define_dashboard(run: Any) -> None:
     for key in ("train/M", "metrics/fid", "metrics/kid_mean"):
         run.define_metric(key, step_metric="trainer/global_step", summary="min,last")
     run.define_metric("metrics/is_mean", step_metric="trainer/global_step", summary="max,last")
+    for key in ("val/kl_nats", "val/psnr", "val/ssim"):  # the VAE's latent use: higher is better
+        run.define_metric(key, step_metric="trainer/global_step", summary="max,last")
 
 
 def log_equilibrium_chart(run: Any, history: list[tuple[int, float, float]]) -> None:

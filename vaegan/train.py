@@ -17,7 +17,7 @@ from vaegan.config import validate
 from vaegan.controller import EquilibriumCallback
 from vaegan.data import DATAMODULES, ArrayDataModule, CachedDataModule, build_datamodule
 from vaegan.metrics import Extractor
-from vaegan.metrics.callback import EvaluationCallback
+from vaegan.metrics.callback import EvaluationCallback, LatentUseMonitor
 from vaegan.metrics.settings import evaluation_kwargs, extractor_from, resolve_device
 from vaegan.module import VAEGANModule
 
@@ -46,9 +46,11 @@ def build_module(cfg: DictConfig) -> VAEGANModule:
     module = VAEGANModule(
         image_size=cfg.data.image_size, channels=cfg.data.channels, width=m.width, latent_dim=m.latent_dim,
         vae=m.vae, discriminator=m.discriminator, lsm=m.lsm, alpha=m.alpha, beta=m.beta, gamma=m.gamma,
-        eta=m.eta, kl_reduction=m.kl_reduction, lr=m.optimizer.lr, betas=tuple(m.optimizer.betas),
+        eta=m.eta, kl_reduction=m.kl_reduction, free_nats=m.free_nats, kl_warmup=m.kl_warmup,
+        logvar_init=m.logvar_init, lsm_normalize=m.lsm_normalize, lr=m.optimizer.lr, betas=tuple(m.optimizer.betas),
         seed=cfg.seed, variant=m.name, ema_decay=m.ema.decay, ema_start=m.ema.start,
         clip=OmegaConf.to_container(m.optimizer.clip), max_bad_in_a_row=m.guard.max_bad_in_a_row,
+        lr_decay=OmegaConf.to_container(m.optimizer.lr_decay),
     )
     module.performance = performance.Performance(**OmegaConf.to_container(cfg.performance))  # applied at fit start
     return module
@@ -63,6 +65,8 @@ def build_callbacks(cfg: DictConfig, module: VAEGANModule, out: Path, extractor:
         ImageLogger(out, c.images.every_n_iterations, c.images.num_samples, c.images.num_reconstructions, cfg.seed,
                     c.images.num_interpolations, c.images.interpolation_steps),
     ]
+    if module.encoder is not None:
+        callbacks.append(LatentUseMonitor(c.images.every_n_iterations, **OmegaConf.to_container(c.latent_use)))
     if extractor is not None:  # before IterationCheckpoint, so that last.ckpt holds the best FID so far
         protocol = {**evaluation_kwargs(cfg.metrics, torch.device("cpu")), "num_samples": c.evaluation.num_samples}
         callbacks.insert(0, EvaluationCallback(extractor, out / "checkpoints", c.evaluation.every_n_iterations,

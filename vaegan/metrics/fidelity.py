@@ -27,9 +27,10 @@ from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, k
 from torch_fidelity.metric_prc import KEY_METRIC_PRECISION, KEY_METRIC_RECALL, prc_features_to_metric
 
 from vaegan.data.datamodules import ArrayDataModule
-from vaegan.data.transforms import to_uint8
+from vaegan.data.transforms import to_model_input, to_uint8
 from vaegan.files import write_npz
 from vaegan.metrics.extractors import Extractor, MetricsError
+from vaegan.metrics.latent_use import latent_use
 from vaegan.metrics.protocol import Protocol
 
 ALL_METRICS = ("is", "fid", "kid", "prc")
@@ -117,6 +118,19 @@ def reference_batches(dm: ArrayDataModule, rows: np.ndarray, batch_size: int) ->
         yield torch.from_numpy(np.asarray(images[rows[start:start + batch_size]])).permute(0, 3, 1, 2)
 
 
+def reference_inputs(dm: ArrayDataModule, rows: np.ndarray, batch_size: int, device: torch.device) -> Iterator[Tensor]:
+    """The reference rows as model input (float (B, C, H, W) in [-1, 1]) on ``device``."""
+    for images in reference_batches(dm, rows, batch_size):
+        yield to_model_input(images.permute(0, 2, 3, 1)).to(device)
+
+
+def reconstructed_images(encoder: torch.nn.Module, generator: torch.nn.Module, inputs: Iterable[Tensor]) -> Iterator[Tensor]:
+    """uint8 (B, C, H, W) batches of F_vae-d(mu_v(x)), the VAE's reconstructions of the inputs."""
+    for x in inputs:
+        with torch.no_grad():
+            yield to_uint8(generator(encoder(x)[0])).permute(0, 3, 1, 2)
+
+
 def cached_reference_features(path: Path, compute) -> dict[str, Tensor]:
     """Features from ``path`` (an .npz written by an earlier run), else ``compute()``d and saved
     through a temporary file so that an interrupted write leaves no half-written cache."""
@@ -165,8 +179,14 @@ def evaluate_generator(generator: torch.nn.Module, latent_dim: int, dm: ArrayDat
                        names: Iterable[str] | None = None, seed: int = 0, batch_size: int = 100,
                        device: torch.device | str = "cpu", cache_dir: Path | None = None, isc_splits: int = 10,
                        kid_subsets: int = 100, kid_subset_size: int = 1000, prc_neighborhood: int = 3,
-                       progress: Progress | None = None, weights: str = "raw", train_precision: str = "32-true") -> Evaluation:
-    """Metrics of ``generator`` (z -> images in [-1, 1]) against ``dm``'s ``split``; see the module doc."""
+                       progress: Progress | None = None, weights: str = "raw", train_precision: str = "32-true",
+                       encoder: torch.nn.Module | None = None) -> Evaluation:
+    """Metrics of ``generator`` (z -> images in [-1, 1]) against ``dm``'s ``split``; see the module doc.
+
+    With the VAE's ``encoder`` (x -> (mu_v, logvar_v)) the reference images are also reconstructed,
+    F_vae-d(mu_v(x)): ``rfid`` is their FID against the reference through the same extractor, and the
+    latent-use figures of ``vaegan.metrics.latent_use`` (``kl_nats``, ``active_units``, ``psnr``,
+    ``ssim``, ``psnr_mean_image``) are measured on the same images."""
     start = time.perf_counter()
     device = torch.device(device)
     names = metric_names(names, extractor)
@@ -186,13 +206,22 @@ def evaluate_generator(generator: torch.nn.Module, latent_dim: int, dm: ArrayDat
 
     cache = None if cache_dir is None else Path(cache_dir) / f"{protocol.reference_key()}.npz"
     real = compute_reference() if cache is None else cached_reference_features(cache, compute_reference)
-    was_training = generator.training
-    generator.eval()
+    networks = [net for net in (generator, encoder) if net is not None]
+    was_training = [net.training for net in networks]
+    for net in networks:
+        net.eval()
     try:
         batches = generated_images(generator, latent_dim, num_samples, seed, batch_size, device)
         fake = extract(batches, extractor, num_samples, progress, "generated")
+        if encoder is not None:
+            inputs = lambda: reference_inputs(dm, rows, batch_size, device)  # noqa: E731
+            recon = extract(reconstructed_images(encoder, generator, inputs()), extractor, len(rows), progress,
+                            "reconstructions")
+            with torch.no_grad():
+                use = latent_use(encoder, generator, inputs)
     finally:
-        generator.train(was_training)
+        for net, mode in zip(networks, was_training):
+            net.train(mode)
 
     values: dict[str, float] = {}
     reference_values: dict[str, float] = {}
@@ -205,5 +234,8 @@ def evaluate_generator(generator: torch.nn.Module, latent_dim: int, dm: ArrayDat
         values["kid_mean"], values["kid_std"] = kernel_inception_distance(fake["2048"], real["2048"], kid_subsets, subset, seed)
     if "prc" in names:
         values["precision"], values["recall"] = precision_recall(fake["2048"], real["2048"], prc_neighborhood)
+    if encoder is not None:
+        values["rfid"] = frechet_distance(recon["2048"], real["2048"])
+        values.update(use.as_dict())
     return Evaluation(values, reference_values, protocol, time.perf_counter() - start,
                       None if cache is None else str(cache))
