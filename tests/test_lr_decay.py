@@ -10,7 +10,7 @@ import torch
 
 from tests.conftest import TINY
 from tests.test_resume import assert_identical
-from vaegan.module import LearningRateDecay
+from vaegan.lr_decay import LearningRateDecay
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 LR = 1e-3  # TINY's

@@ -31,10 +31,15 @@ def content_loss(x: Tensor, x_v: Tensor) -> Tensor:
     return l1(x, x_v)
 
 
+def kl_per_dimension(mu: Tensor, logvar: Tensor) -> Tensor:
+    """KL(N(mu, sigma) || N(0, 1)) of each image and latent dimension in nats: (B, h)."""
+    mu, logvar = mu.float(), logvar.float()  # float32 under bf16 autocast too
+    return -0.5 * (1.0 + logvar - mu.pow(2) - logvar.exp())
+
+
 def kl_per_image(mu: Tensor, logvar: Tensor) -> Tensor:
     """KL(N(mu, sigma) || N(0, I)) of each image in nats, summed over the latent dimensions: (B,)."""
-    mu, logvar = mu.float(), logvar.float()  # float32 under bf16 autocast too
-    return (-0.5 * (1.0 + logvar - mu.pow(2) - logvar.exp())).sum(dim=1)
+    return kl_per_dimension(mu, logvar).sum(dim=1)
 
 
 def kl_loss(mu: Tensor, logvar: Tensor, reduction: KLReduction, pixels: int | None = None,
@@ -53,8 +58,7 @@ def kl_loss(mu: Tensor, logvar: Tensor, reduction: KLReduction, pixels: int | No
     many nats: below it the encoder pays nothing (free bits, Kingma et al. 2016).
     """
     if reduction == "mean":
-        mu, logvar = mu.float(), logvar.float()
-        return (-0.5 * (1.0 + logvar - mu.pow(2) - logvar.exp())).mean()
+        return kl_per_dimension(mu, logvar).mean()
     if reduction not in ("elbo", "sum_latent"):
         raise ValueError(f"unknown KL reduction {reduction!r}: use elbo, mean or sum_latent")
     kl = kl_per_image(mu, logvar).mean()
