@@ -6,6 +6,7 @@ import socket
 import struct
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,46 @@ def compose_cfg():
             return compose("train", overrides=overrides + extra)
 
     return _compose
+
+
+@contextmanager
+def read_only(folder: Path):
+    """``folder`` (already filled) made read-only, as a shared cache on a cluster often is, for this process for the ``with`` block: its
+    permissions for a normal user, a read-only bind mount over it for root (which ignores
+    permissions, as on many CI machines); skips the test where neither works."""
+    if os.geteuid() != 0:
+        modes = {p: p.stat().st_mode for p in [folder, *folder.rglob("*")]}
+        for p, mode in modes.items():
+            p.chmod(mode & ~0o222)
+        try:
+            yield folder
+        finally:
+            for p, mode in modes.items():
+                p.chmod(mode)
+        return
+    mount = subprocess.run(["mount", "--bind", str(folder), str(folder)], capture_output=True)
+    if mount.returncode == 0:
+        mount = subprocess.run(["mount", "-o", "remount,bind,ro", str(folder)], capture_output=True)
+        if mount.returncode != 0:
+            subprocess.run(["umount", str(folder)])
+    if mount.returncode != 0:
+        pytest.skip(f"root cannot make a read-only folder here (mount: {mount.stderr.decode().strip()[:100]})")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=True)
+
+
+READ_ONLY_REASON = "Permission denied" if os.geteuid() != 0 else "Read-only file system"  # what the OS says
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """An empty folder this process cannot write (``read_only``)."""
+    folder = tmp_path / "read_only"
+    folder.mkdir()
+    with read_only(folder):
+        yield folder
 
 
 def run_cli(*overrides: str, timeout: float = 300, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:

@@ -136,3 +136,45 @@ def test_a_checkpoint_from_before_lsm_normalize_counts_as_eq_9_as_printed(compos
     old = tmp_path / "old.ckpt"
     torch.save(ckpt, old)
     assert "lsm_normalize: checkpoint False, this run True" in resume_error(compose_cfg, tmp_path, old)
+
+
+@pytest.mark.parametrize("content,what", [(b"", "an empty file"), (bytes(range(256)) * 40, "not a checkpoint (10240 bytes that are not the zip archive")])
+def test_an_empty_or_random_file_gets_no_advice_about_saving(compose_cfg, tmp_path, content, what):
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(content)
+    message = resume_error(compose_cfg, tmp_path, bad)
+    assert message.startswith(f"Checkpoint error: {bad}: {what}") and "\n" not in message, message
+    assert "_use_new_zipfile_serialization" not in message and "resume from an earlier checkpoint" in message
+
+
+def test_a_corrupt_last_ckpt_of_the_run_directory_says_how_to_get_past_it(compose_cfg, tmp_path):
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    last.parent.mkdir(parents=True)
+    last.write_bytes(b"PK\x03\x04 half a checkpoint")
+    with pytest.raises(SystemExit) as exit_info:
+        execute(compose_cfg(SHORT, tmp_path))
+    message = str(exit_info.value.code)
+    assert message.startswith(f"Checkpoint error: {last}: not a readable checkpoint")
+    assert f"move it aside (mv {last} {last}.bad)" in message and "another hydra.run.dir" in message
+
+
+def test_resuming_to_no_more_iterations_says_there_is_nothing_to_do(compose_cfg, tmp_path, good_checkpoint):
+    for iterations in (4, 3):
+        cfg = compose_cfg([*SHORT, f"iterations={iterations}", f"ckpt_path={good_checkpoint}"], tmp_path / "again")
+        with pytest.raises(SystemExit) as exit_info:
+            execute(cfg)
+        assert str(exit_info.value.code) == (
+            f"Checkpoint error: {good_checkpoint} has already trained 4 iterations, so iterations={iterations} leaves "
+            "nothing to do; set iterations above 4 to train on")
+
+
+def test_a_full_disk_before_any_checkpoint_says_nothing_is_saved(compose_cfg, tmp_path, monkeypatch):
+    import vaegan.train as train_module
+
+    build = train_module.build_callbacks
+    monkeypatch.setattr(train_module, "build_callbacks", lambda *a, **k: build(*a, **k) + [FullDisk(at=1)])
+    (tmp_path / "checkpoints").mkdir(parents=True)  # FullDisk's half-written file goes there
+    with pytest.raises(checkpoints.CheckpointError) as err:
+        train(compose_cfg([*SHORT, "iterations=6"], tmp_path))
+    assert str(err.value) == (f"could not write {tmp_path / 'checkpoints' / 'last.ckpt'} (No space left on device), the "
+                              "run's first checkpoint, so nothing is saved. Free disk space and start the run again")

@@ -114,3 +114,29 @@ def test_cli_rejects_bad_keys_before_training(tmp_path):
     assert bad_value.returncode != 0 and "Config error: data.image_size=48" in bad_value.stderr
     assert not (tmp_path / "c" / "checkpoints").exists()
     assert time.monotonic() - start < 60
+
+
+@pytest.mark.parametrize("override,message", [
+    ("data.image_size=2048", r"data\.image_size=2048: is above the largest supported size, 512: one batch .* ~\d+ GiB"),
+    ("model.optimizer.betas=[0.5,1.0]", r"model\.optimizer\.betas=\[0\.5, 1\.0\]: needs two values in \[0, 1\)"),
+    ("seed=-1", r"seed=-1: must lie in \[0, 2\^32\)"),
+    ("seed=4294967296", r"seed=4294967296: must lie"),
+    ("trainer.devices=3", r"trainer\.devices=3: more than one device .* trainer=ddp_cpu trainer\.devices=3"),
+    ("trainer.num_nodes=2", r"trainer\.devices=1: more than one device \(or trainer\.num_nodes > 1\)"),
+    ("trainer.devices=0", r"trainer\.devices=0: use a number of devices"),
+    ("trainer.devices=many", r"trainer\.devices='many': use a number of devices"),
+    ("trainer.accelerator=tpu", r"trainer\.accelerator='tpu': use one of auto, cpu, gpu, cuda, mps"),
+    ("+model.widht=8", r"model\.widht: no key 'widht' in model; did you mean model\.width\?"),
+    ("+callbacks.images.evry=5", r"callbacks\.images\.evry: no key 'evry' in callbacks\.images"),
+])
+def test_values_a_library_would_reject_later_fail_at_once(compose_cfg, tmp_path, override, message):
+    cfg = compose_cfg(["+experiment=quickstart", override], tmp_path)
+    with pytest.raises(ConfigError, match=message) as err:
+        validate(cfg)
+    assert "\n" not in str(err.value)
+
+
+def test_devices_that_ddp_runs_are_accepted(compose_cfg, tmp_path):
+    for overrides in (["trainer=ddp_cpu", "trainer.devices=3"], ["trainer=ddp", "trainer.devices=[0,1]"],
+                      ["trainer=ddp", "trainer.devices=auto"], ["trainer.devices=auto"]):
+        validate(compose_cfg(["+experiment=quickstart", *overrides], tmp_path))

@@ -1,8 +1,11 @@
-"""The PID controller of Eq. 12 against updates computed by hand."""
+"""The PID controller of Eq. 12 against updates computed by hand; its callback's device."""
+
+from types import SimpleNamespace
 
 import pytest
+import torch
 
-from vaegan.controller import PIDController
+from vaegan.controller import EquilibriumCallback, PIDController
 
 
 def test_constant_error_ramps_k_linearly():
@@ -70,3 +73,23 @@ def test_bad_settings_name_the_key():
         PIDController(smoothing=0)
     with pytest.raises(ValueError, match="k_init"):
         PIDController(k_init=2.0)
+
+
+def controller_devices(controller: PIDController) -> set[str]:
+    return {str(t.device) for t in (controller.k, controller.window, controller.seen, controller.history,
+                                    controller._terms)}
+
+
+def test_fit_start_puts_the_controller_on_the_modules_device_and_a_restore_keeps_it():
+    """Lightning restores callbacks before on_fit_start (or, for some strategies, after it): either
+    way the state is on the module's device before the first iteration."""
+    a = PIDController(ki=0.01, kp=0.02, kd=0.03, smoothing=3)
+    for e in [0.5, 0.1]:
+        a.update(e)
+    callback = EquilibriumCallback(ki=0.01, kp=0.02, kd=0.03, smoothing=3)
+    callback.load_state_dict(a.state_dict())
+    callback.on_fit_start(None, SimpleNamespace(device=torch.device("meta")))
+    assert controller_devices(callback.controller) == {"meta"}
+    callback.load_state_dict(a.state_dict())
+    assert controller_devices(callback.controller) == {"meta"}
+

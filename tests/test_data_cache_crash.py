@@ -141,3 +141,37 @@ def test_concurrent_builds_are_serialised(tmp_path, capfd, celeba_npz):
 
 
 # ------------------------------------------------------------------------------------ bad images
+
+
+def test_ctrl_c_during_a_build_with_workers_stops_it_at_once(tmp_path):
+    """Ctrl-C (SIGINT to the process group, as a terminal sends it) while worker processes decode:
+    the command stops within seconds with one line, and leaves no partial cache behind."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for jpeg in celeba_jpegs()[:64]:
+        os.symlink(jpeg, images / jpeg.name)
+    slow = ("import sys, time, runpy; from vaegan.data import sources; read = sources.FolderSource.read; "
+            "sources.FolderSource.read = lambda self, *a: (time.sleep(0.2), read(self, *a))[1]; "
+            "sys.argv = ['vaegan.run', *sys.argv[1:]]; runpy.run_module('vaegan.run', run_name='__main__')")
+    cache = tmp_path / "cache"
+    proc = subprocess.Popen([sys.executable, "-c", slow, "+experiment=quickstart", "data=folder", f"data.root={images}",
+                             f"data.cache_dir={cache}", "data.cache_workers=2", "data.image_size=16",
+                             f"hydra.run.dir={tmp_path / 'run'}"], cwd=ROOT, stderr=subprocess.PIPE, text=True,
+                            stdout=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not list(cache.glob(".*partial*")):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-2000:]
+        time.sleep(0.02)
+    time.sleep(1.0)  # the workers are decoding (64 images x 0.2 s / 2 workers: about 6 s in all)
+    sent = time.monotonic()
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGINT, err[-2000:]
+    assert err.strip().splitlines()[-1] == "Interrupted: Ctrl-C before training started; nothing was trained or saved"
+    assert time.monotonic() - sent < 4
+    assert not [p for p in cache.iterdir() if p.is_dir()]  # neither a partial build nor a cache taken as complete

@@ -3,12 +3,14 @@ input (layouts, annotation files, npz files, CIFAR-10 batches, offline downloads
 
 import hashlib
 import re
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tests.conftest import SHARED_CELEBA, celeba_jpegs, make_celeba_layout, require_shared, write_cifar10_batches
+from tests.test_data_cache_writes import needs_permissions
 from vaegan.data import DataError
 from vaegan.data import sources
 from vaegan.data.sources import CelebASource, CIFAR10Source, FolderSource, NpzSource
@@ -116,6 +118,32 @@ def test_missing_partition_file_names_it(celeba_root):
     with pytest.raises(DataError) as err:
         CelebASource(celeba_root)
     assert_message(err, layout_message(partition_file(celeba_root)))
+
+
+def test_root_at_the_celeba_folder_names_the_right_root(celeba_root):
+    base = celeba_root / "celeba"
+    with pytest.raises(DataError) as err:
+        CelebASource(base)
+    assert str(err.value) == f"data=celeba: data.root={base} is the celeba folder itself; pass the folder above it: data.root={celeba_root}"
+    with pytest.raises(DataError) as err:
+        CelebASource(base / "img_align_celeba")
+    assert str(err.value) == (f"data=celeba: data.root={base / 'img_align_celeba'} is the image folder; "
+                              f"pass the folder two levels up: data.root={celeba_root}")
+    renamed = celeba_root / "CelebA"
+    base.rename(renamed)
+    with pytest.raises(DataError) as err:
+        CelebASource(renamed)
+    assert str(err.value) == f"data=celeba: {renamed} holds img_align_celeba/ directly; move it and the annotation files into {renamed / 'celeba'}/"
+
+
+def test_attribute_file_that_is_not_text(celeba_root):
+    with zipfile.ZipFile(celeba_root / "list_attr_celeba.zip", "w", zipfile.ZIP_DEFLATED) as z:
+        z.write(attr_file(celeba_root), "list_attr_celeba.txt")
+    (celeba_root / "list_attr_celeba.zip").replace(attr_file(celeba_root))  # the zip, saved under the text file's name
+    with pytest.raises(DataError) as err:
+        CelebASource(celeba_root).arrays()
+    assert re.fullmatch(re.escape(f"{attr_file(celeba_root)} is not a text file (byte ") + r"\d+ is b'.+'"
+                        + re.escape("); use the official text file (unzip it first if it came zipped)"), str(err.value))
 
 
 def test_empty_image_folder(celeba_root):
@@ -261,6 +289,38 @@ def test_folder_without_class_subfolders_has_no_labels(tmp_path):
     assert source.read(0, 16, 3).shape == (16, 16, 3) and source.read(0, 16, 1).shape == (16, 16, 1)
 
 
+def test_folder_root_that_is_a_file(tmp_path):
+    (tmp_path / "faces.npz").write_bytes(b"PK")
+    with pytest.raises(DataError) as err:
+        FolderSource(tmp_path / "faces.npz")
+    assert str(err.value).startswith(f"data=folder: data.root={tmp_path / 'faces.npz'} is a file, not a folder "
+                                     "(for an .npz file use data=npz); point data.root at a folder of images")
+
+
+@needs_permissions
+def test_unreadable_subfolder_is_an_error_not_silently_left_out(tmp_path):
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / "1.jpg").write_bytes(celeba_jpegs()[0].read_bytes())
+    (tmp_path / "b").chmod(0)
+    try:
+        with pytest.raises(DataError) as err:
+            FolderSource(tmp_path)
+    finally:
+        (tmp_path / "b").chmod(0o755)
+    assert str(err.value) == (f"data=folder: cannot list {tmp_path / 'b'} (Permission denied); make it readable "
+                              f"(chmod -R u+rX {tmp_path / 'b'}) or move it out of data.root")
+
+
+def test_symlink_loops_are_not_followed(tmp_path):
+    (tmp_path / "faces").mkdir()
+    (tmp_path / "faces" / "1.jpg").write_bytes(celeba_jpegs()[0].read_bytes())
+    (tmp_path / "faces" / "up").symlink_to("..")  # a folder loop
+    (tmp_path / "self.jpg").symlink_to("self.jpg")  # a file loop
+    (tmp_path / "gone.jpg").symlink_to("nowhere.jpg")
+    assert FolderSource(tmp_path).files == ["faces/1.jpg"]
+
+
 def test_folder_errors(tmp_path):
     with pytest.raises(DataError, match=re.escape(f"data=folder: data.root={tmp_path / 'missing'} is not a directory")):
         FolderSource(tmp_path / "missing")
@@ -316,12 +376,32 @@ def test_npz_without_images(tmp_path):
 def test_npz_that_is_not_a_complete_zip(tmp_path):
     good = tmp_path / "good.npz"
     np.savez_compressed(good, x=np.zeros((50, 16, 16, 3), np.uint8))
-    for name, data in [("truncated.npz", good.read_bytes()[:-100]), ("text.npz", b"x,y\n1,2\n")]:
-        (tmp_path / name).write_bytes(data)
-        with pytest.raises(DataError, match=re.escape(f"data=npz: cannot read {tmp_path / name} (") + ".*is it a complete numpy.savez file"):
-            len(NpzSource(tmp_path / name))
+    (tmp_path / "truncated.npz").write_bytes(good.read_bytes()[:-100])
+    with pytest.raises(DataError, match=re.escape(f"data=npz: cannot read {tmp_path / 'truncated.npz'} (") + ".*is it a complete numpy.savez file"):
+        len(NpzSource(tmp_path / "truncated.npz"))
     with pytest.raises(DataError, match="is not a file"):
         NpzSource(tmp_path)
+
+
+FIX_NPZ = "; write the images with numpy.savez(file, x=images) and point data.root at that file"
+
+
+@pytest.mark.parametrize("content, says", [
+    (b"x,y\n1,2\n", "is not an .npz archive: it starts with b'x,y\\n1,2\\n' (8 bytes)" + FIX_NPZ),
+    (b"", "is not an .npz archive: it is empty" + FIX_NPZ),
+    (b"\x80\x04\x95" + bytes(40), "is not an .npz archive: it starts with b'\\x80\\x04\\x95" + "\\x00" * 13 + "' (43 bytes)" + FIX_NPZ),
+    ("npy", "is a .npy file (one array), not an .npz archive" + FIX_NPZ),
+], ids=["text", "empty", "pickle", "npy"])
+def test_file_that_is_not_an_npz_archive_says_what_it_is(tmp_path, content, says):
+    path = tmp_path / "data.npz"
+    if content == "npy":
+        with open(path, "wb") as f:
+            np.save(f, np.zeros((2, 4, 4, 3), np.uint8))
+    else:
+        path.write_bytes(content)
+    with pytest.raises(DataError) as err:
+        len(NpzSource(path))
+    assert str(err.value) == f"data=npz: {path} {says}"
 
 
 # ------------------------------------------------------------------------------------ CIFAR-10

@@ -20,7 +20,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from tests.conftest import CONF, ROOT, TINY
+from tests.conftest import CONF, ROOT, TINY, read_only
 from vaegan.config import register_configs
 from vaegan.evaluate import main, run_dir_of
 
@@ -28,20 +28,23 @@ ITERATIONS = 4
 
 
 
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory, refcache) -> Path:
-    """A 4-iteration run of the full model on the digits, without in-training evaluation."""
+def trained(tmp_path_factory, name: str, overrides: list[str]) -> Path:
+    """The run directory of a tiny run on the digits with ``overrides``."""
     from vaegan.train import train
 
     torch.set_grad_enabled(True)
-    out = tmp_path_factory.mktemp("evalrun")
+    out = tmp_path_factory.mktemp(name)
     register_configs()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("train", overrides=TINY + [f"iterations={ITERATIONS}", f"paths.output_dir={out}",
-                                                 f"metrics.cache_dir={refcache}"])
-    train(cfg)
+        train(compose("train", overrides=[*TINY, *overrides, f"paths.output_dir={out}"]))
     assert (out / "checkpoints" / "last.ckpt").is_file() and (out / "config.yaml").is_file()
     return out
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, refcache) -> Path:
+    """A 4-iteration run of the full model, without in-training evaluation."""
+    return trained(tmp_path_factory, "evalrun", [f"iterations={ITERATIONS}", f"metrics.cache_dir={refcache}"])
 
 
 @pytest.fixture(scope="module")
@@ -147,12 +150,22 @@ def test_uses_the_runs_saved_config_with_single_key_overrides(run, fast, capsys)
     assert train_split["reference_key"] != record["reference_key"]
 
 
-def test_missing_config_yaml_falls_back_to_the_defaults_with_a_note(run, fast, capsys):
+def test_missing_config_yaml_is_refused_unless_the_data_is_named(run, fast, capsys):
     (run / "config.yaml").unlink()
-    assert main([f"ckpt_path={ckpt_of(run)}", *fast]) == 2  # the defaults say 32 px, 3 channels
+    # the defaults' data would score the model against images it never saw: refused
+    assert main([f"ckpt_path={ckpt_of(run)}", *fast, "data.image_size=16", "data.channels=1"]) == 2
     err = capsys.readouterr().err
-    assert "config.yaml not found" in err and "data.image_size=32" in err
-    assert main([f"ckpt_path={ckpt_of(run)}", *fast, "data=digits", "data.image_size=16", "data.channels=1"]) == 0
+    assert err.startswith("Config error:") and len(err.strip().splitlines()) == 1, err
+    assert f"{run / 'config.yaml'} not found" in err and "data=" in err and "data.root=" in err
+    assert not (run / "metrics.json").exists()
+    # named, but not as the checkpoint was trained: both settings and the fix in one line
+    assert main([f"ckpt_path={ckpt_of(run)}", *fast, "data=cifar10"]) == 2
+    err = capsys.readouterr().err
+    assert "data.image_size=32 but the checkpoint's model was trained with 16" in err, err
+    assert "data.channels=3 but the checkpoint's model was trained with 1" in err
+    assert "pass data.image_size=16 data.channels=1" in err and len(err.strip().splitlines()) == 1
+    assert main([f"ckpt_path={ckpt_of(run)}", *fast, "data=digits", "data.image_size=16"]) == 0
+    assert json.loads((run / "metrics.json").read_text())["protocol"]["dataset"] == "digits"
 
 
 def test_entry_point_runs_as_a_module(run, fast):
@@ -184,6 +197,26 @@ def truncated_copy(run: Path) -> Path:
     return bad
 
 
+def foreign_checkpoint(run: Path) -> Path:
+    """A Lightning-style checkpoint of some other model: state_dict and hyper_parameters, not vaegan's."""
+    path = run / "checkpoints" / "classifier.ckpt"
+    torch.save({"state_dict": {"fc.weight": torch.zeros(2, 2)}, "hyper_parameters": {"num_classes": 10}}, path)
+    return path
+
+
+def damaged_config(run: Path) -> Path:
+    """The run with its config.yaml cut short, e.g. by a copy that was interrupted."""
+    text = (run / "config.yaml").read_text()
+    (run / "config.yaml").write_text(text[:len(text) // 3] + "\n  - [unclosed")
+    return ckpt_of(run)
+
+
+def tensor_file(run: Path) -> Path:
+    path = run / "checkpoints" / "tensor.pt"
+    torch.save(torch.zeros(3), path)
+    return path
+
+
 ERRORS = {
     # name: (argv before the fast protocol's overrides, given the run's copy; substrings of stderr)
     "missing_ckpt_path": (lambda run: [], ["Config error", "ckpt_path is required"]),
@@ -193,7 +226,25 @@ ERRORS = {
                   ["Config error", "truncated.ckpt", "not a readable checkpoint"]),
     "image_size": (lambda run: [f"ckpt_path={ckpt_of(run)}", "data.image_size=32"],
                    ["Config error", "data.image_size=32", "trained with 16"]),
-    "unknown_key": (lambda run: [f"ckpt_path={ckpt_of(run)}", "metrics.nonsense=1"], ["Config error", "nonsense"]),
+    "unknown_key": (lambda run: [f"ckpt_path={ckpt_of(run)}", "metrics.nonsense=1"],
+                    ["Config error", "metrics.nonsense: no such config key"]),
+    "unknown_top_level_key": (lambda run: [f"ckpt_path={ckpt_of(run)}", "colour=red"],
+                              ["Config error", "colour: no such config key"]),
+    "unknown_dataset": (lambda run: [f"ckpt_path={ckpt_of(run)}", "data=imagenet"],
+                        ["Config error", "data/imagenet", "available: celeba, cifar10, digits"]),
+    "mistyped_value": (lambda run: [f"ckpt_path={ckpt_of(run)}", "metrics.num_samples=many"],
+                       ["Config error", "metrics.num_samples=many", "Integer"]),
+    "appended_key": (lambda run: [f"ckpt_path={ckpt_of(run)}", "+colour=red"],
+                     ["Config error", "+colour=red", "no key of the run's config"]),
+    "damaged_config": (lambda run: [f"ckpt_path={damaged_config(run)}"],
+                       ["Config error", "config.yaml: not a readable run config", "data="]),
+    "foreign_checkpoint": (lambda run: [f"ckpt_path={foreign_checkpoint(run)}"],
+                           ["Config error", "classifier.ckpt", "not a checkpoint of a vaegan model"]),
+    "tensor_file": (lambda run: [f"ckpt_path={tensor_file(run)}"],
+                    ["Config error", "tensor.pt", "not a vaegan training checkpoint"]),
+    "image_size_and_channels": (lambda run: [f"ckpt_path={ckpt_of(run)}", "data.image_size=32", "data.channels=3"],
+                                ["Config error", "data.image_size=32 but", "data.channels=3 but",
+                                 "pass data.image_size=16 data.channels=1"]),
     "no_extractor_file": (lambda run: [f"ckpt_path={ckpt_of(run)}", "metrics.feature_extractor=/nonexistent.pt"],
                           ["Metrics error", "/nonexistent.pt"]),
     "experiment": (lambda run: [f"ckpt_path={ckpt_of(run)}", "+experiment=quickstart"],
@@ -221,8 +272,39 @@ def test_errors_exit_2_with_a_clear_message(case, run, fast, capsys):
     for text in expected:
         assert text in err, (text, err)
     assert "Traceback" not in err + captured.out
-    assert len(err.strip().splitlines()) <= 3, err  # a message, not a dump
+    assert len(err.strip().splitlines()) == 1, err  # one line, not a dump
     assert not (run / "metrics.json").exists()
+
+
+def test_an_unwritable_run_directory_is_refused_before_any_work(run, fast, capsys, monkeypatch):
+    from vaegan.metrics import settings
+
+    def no_extractor(*a, **k):
+        raise AssertionError("the extractor was loaded before the run directory was checked")
+
+    monkeypatch.setattr(settings, "extractor_from", no_extractor)
+    with read_only(run):
+        start = time.monotonic()
+        assert main([f"ckpt_path={ckpt_of(run)}", *fast]) == 2
+        seconds = time.monotonic() - start
+    err = capsys.readouterr().err
+    assert err.startswith("Config error:") and len(err.strip().splitlines()) == 1, err
+    assert f"cannot write {run / 'metrics.json'}" in err and "not writable" in err and seconds < 30
+    assert not (run / "metrics.json").exists()
+
+
+@pytest.fixture(scope="module")
+def began_run(tmp_path_factory, refcache) -> Path:
+    """A 2-iteration BEGAN run: no encoder, so no rFID or latent use."""
+    return trained(tmp_path_factory, "began", ["model=began", "iterations=2"])
+
+
+def test_no_metrics_to_compute_is_refused(began_run, fast, capsys):
+    assert main([f"ckpt_path={ckpt_of(began_run)}", *fast, "metrics.names=[]"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("Config error:") and len(err.strip().splitlines()) == 1, err
+    assert "metrics.names=[]" in err and "nothing to compute" in err and "metrics.names=[fid,kid]" in err
+    assert not (began_run / "metrics.json").exists()
 
 
 # ------------------------------------------------------------------------------ offline Inception

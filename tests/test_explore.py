@@ -14,6 +14,8 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -507,6 +509,33 @@ BAD = {
                              ["no such file"]),
     "bad option type": (["sample", "n=many"], "Explore error:", ["n"]),
     "one step": (["interpolate", "steps=1"], "Explore error:", ["steps=1", "at least 2"]),
+    # every bad value names its key, what it takes, and (indices) the valid range
+    "n not a number": (["sample", "n=abc"], "Explore error:", ["n=abc", "n takes an integer"]),
+    "temperature not a number": (["sample", "temperature=hot"], "Explore error:", ["temperature=hot", "a number"]),
+    "weights not numbers": (["edit", "attrs=[Smiling]", "weights=[a,1]"], "Explore error:", ["weights=[a,1]", "numbers"]),
+    "pairs not indices": (["interpolate", "pairs=[[a,1]]"], "Explore error:", ["pairs=[[a,1]]", "index pairs"]),
+    "combine not a bool": (["edit", "attrs=[Smiling]", "combine=maybe"], "Explore error:", ["combine=maybe", "true or false"]),
+    "indices not a list": (["reconstruct", "indices=5"], "Explore error:", ["indices=5", "a list of image indices"]),
+    "negative pair index": (["interpolate", "pairs=[[-1,2]]"], "Explore error:",
+                            ["pairs=[[-1,2]]", "index -1 is out of range", "indices 0..479"]),
+    "negative index": (["reconstruct", "indices=[0,-2]"], "Explore error:",
+                       ["indices=[0,-2]", "index -2 is out of range", "indices 0..479"]),
+    "negative edit index": (["edit", "attrs=[Smiling]", "indices=[-1]"], "Explore error:", ["indices=[-1]", "0..479"]),
+    "negative seed": (["sample", "seed=-1"], "Explore error:", ["seed=-1", "[0, 2^63)"]),
+    "negative temperature": (["sample", "temperature=-0.5"], "Explore error:", ["temperature=-0.5", ">= 0"]),
+    "infinite temperature": (["sample", "temperature=inf"], "Explore error:", ["temperature=inf", "finite"]),
+    "nan weight": (["edit", "attrs=[Smiling]", "weights=[0,nan]"], "Explore error:", ["weights=", "finite"]),
+    "pairs and files": (["interpolate", "pairs=[[0,1]]", "files=[a.png,b.png]"], "Explore error:", ["not both"]),
+    # a command that would draw nothing says so
+    "no attributes": (["edit", "attrs=[]"], "Explore error:", ["attrs=[]", "at least one attribute"]),
+    "no attributes to measure": (["edit", "attrs=[]", "--measure"], "Explore error:", ["attrs=[]"]),
+    "no indices": (["reconstruct", "indices=[]"], "Explore error:", ["indices=[]", "at least one index"]),
+    # other mistakes of the same kinds
+    "unknown key": (["sample", "colour=red"], "Config error:", ["colour", "no such config key", "option of sample"]),
+    "appended unknown key": (["sample", "+colour=red"], "Config error:", ["+colour=red", "no key of the run's config"]),
+    "unreadable list": (["interpolate", "pairs=[[0,1]"], "Explore error:", ["pairs=[[0,1]", "cannot read", "quoted"]),
+    "unknown attribute without vectors": (["edit", "attrs=[Smilng]", "vectors=/no/such.npz"], "Explore error:",
+                                          ["unknown attribute", "did you mean Smiling"]),
 }
 
 
@@ -520,7 +549,7 @@ def test_bad_input_fails_cleanly(case, attributes_file, ckpt, tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2, err
     assert err.startswith(kind), err
-    assert "Traceback" not in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     for needle in needles:
         assert needle in err, (needle, err)
     assert files_in(out) == {"attributes_train.npz"}  # nothing written, no temporary files
@@ -563,6 +592,8 @@ def test_usage_errors(tmp_path, capsys):
     assert main(["paint", "ckpt_path=x"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("Explore error:") and "sample" in err and "edit" in err
+    assert "'paint' is not a command" in err and len(err.strip().splitlines()) == 1, err
+    assert main(["sampel", "ckpt_path=x"]) == 2 and "did you mean sample?" in capsys.readouterr().err
     assert main(["sample", f"out={tmp_path}"]) == 2
     assert capsys.readouterr().err.startswith("Config error:")
     assert main(["sample", f"ckpt_path={tmp_path / 'missing.ckpt'}"]) == 2
@@ -570,6 +601,149 @@ def test_usage_errors(tmp_path, capsys):
     assert main([]) == 2
     assert main(["--help"]) == 0 and "usage: python -m vaegan.explore" in capsys.readouterr().out
     assert files_in(tmp_path) == set()
+
+
+def test_interpolation_modes_are_those_of_latent():
+    from vaegan.explore.options import MODES
+    from vaegan.latent import INTERPOLATIONS
+
+    assert set(MODES) == set(INTERPOLATIONS)
+
+
+def fails_in_one_line(rc: int, capsys, kind: str = "Explore error:") -> str:
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert err.startswith(kind) and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    return err
+
+
+@pytest.mark.parametrize("where", ["file", "below a file"])
+def test_out_must_be_a_folder(where, ckpt, tmp_path, capsys):
+    existing = tmp_path / "notes.txt"
+    existing.write_text("keep me\n")
+    out = existing if where == "file" else existing / "explore"
+    err = fails_in_one_line(main(["sample", f"ckpt_path={ckpt}", "n=4", f"out={out}"]), capsys)
+    assert f"out={out}" in err and "is a file, not a folder" in err and "out= names a folder" in err
+    assert existing.read_text() == "keep me\n" and files_in(tmp_path) == {"notes.txt"}
+
+
+def test_unwritable_out_is_refused_before_any_work(ckpt, capsys):
+    target = Path("/sys/vaegan-explore-test")  # sysfs: not even root may create files there
+    try:
+        tempfile.NamedTemporaryFile(dir="/sys").close()
+        pytest.skip("/sys is writable here")
+    except OSError:
+        pass
+    err = fails_in_one_line(main(["sample", f"ckpt_path={ckpt}", "n=4", f"out={target}"]), capsys)
+    assert f"out={target}" in err and "/sys is not writable" in err
+    assert not target.exists()
+
+
+TOO_MANY = {  # argv, the key the message names
+    "sample n": (["sample", "n=100000000"], "n"),
+    "sample nrow": (["sample", "n=1", "nrow=100000000"], "nrow"),
+    "interpolate steps": (["interpolate", "steps=100000000"], "steps"),
+    "edit random n": (["edit", "attrs=[Smiling]", "source=random", "n=100000000"], "n"),
+}
+
+
+@pytest.mark.parametrize("case", list(TOO_MANY))
+def test_a_picture_too_big_for_memory_is_refused_at_once(case, attributes_file, ckpt, tmp_path, capsys):
+    argv, key = TOO_MANY[case]
+    out = tmp_path / "out"
+    out.mkdir()
+    shutil.copy(attributes_file, out / "attributes_train.npz")
+    start = time.monotonic()
+    err = fails_in_one_line(main([argv[0], f"ckpt_path={ckpt}", *argv[1:], f"out={out}"]), capsys)
+    assert time.monotonic() - start < 30  # nothing was drawn: the size is estimated first
+    assert f"{key}=100000000:" in err and "GB in memory" in err and f"the largest {key} here is" in err, err
+    largest = int(err.split(f"the largest {key} here is ")[1].split()[0])
+    assert 1000 < largest < 100000000
+    assert files_in(out) == {"attributes_train.npz"}
+
+
+BATCHED = {  # argv with batch_size=2; the model's methods each must only ever see batches of at most 2
+    "sample": ["sample", "n=5", "nrow=5"],
+    "reconstruct": ["reconstruct", "n=5"],
+    "interpolate": ["interpolate", "pairs=[[0,1],[2,3],[4,5]]", "steps=3"],
+    "edit": ["edit", "attrs=[Smiling]", "n=3", "weights=[-1,0,1]"],
+}
+
+
+@pytest.mark.parametrize("command", list(BATCHED))
+def test_commands_decode_and_encode_in_batches(command, attributes_file, ckpt, tmp_path, monkeypatch):
+    sizes: dict[str, list[int]] = {}
+
+    def recording(name):
+        method = getattr(VAEGANModule, name)
+
+        def record(self, x):
+            sizes.setdefault(name, []).append(len(x))
+            return method(self, x)
+        return record
+
+    for name in ("decode", "encode", "discriminate"):
+        monkeypatch.setattr(VAEGANModule, name, recording(name))
+    out = tmp_path / "out"
+    out.mkdir()
+    shutil.copy(attributes_file, out / "attributes_train.npz")
+    argv = BATCHED[command]
+    assert main([argv[0], f"ckpt_path={ckpt}", *argv[1:], "batch_size=2", f"out={out}"]) == 0
+    assert sizes.get("decode") and max(max(s) for s in sizes.values()) <= 2, sizes
+    assert sum(sizes["decode"]) >= 5  # every image was decoded, two at a time
+
+
+def test_classifier_dir_must_be_a_folder_before_any_picture(attributes_file, ckpt, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    shutil.copy(attributes_file, out / "attributes_train.npz")
+    rc = main(["edit", f"ckpt_path={ckpt}", "attrs=[Smiling]", "--measure", f"classifier_dir={attributes_file}", f"out={out}"])
+    err = fails_in_one_line(rc, capsys)
+    assert f"classifier_dir={attributes_file}" in err and "is a file, not a folder" in err
+    assert files_in(out) == {"attributes_train.npz"}  # no edit picture drawn first
+
+
+def test_a_failed_write_leaves_nothing_behind(ckpt, tmp_path, capsys, monkeypatch):
+    import errno
+
+    from vaegan.explore import commands
+
+    def disk_full(picture, path, format):
+        Path(path).write_bytes(b"\x89PNG half")
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(commands, "save_image", disk_full)
+    out = tmp_path / "out"
+    err = fails_in_one_line(main(["sample", f"ckpt_path={ckpt}", "n=4", f"out={out}"]), capsys)
+    assert "No space left on device" in err and str(out) in err
+    assert files_in(out) == set()  # neither the half-written temporary file nor a record
+
+
+def test_checkpoint_of_another_kind_fails_cleanly(tmp_path, capsys):
+    other = tmp_path / "checkpoints" / "other.ckpt"
+    other.parent.mkdir()
+    torch.save({"state_dict": {}, "hyper_parameters": {"num_classes": 10, "backbone": "resnet18"}}, other)
+    err = fails_in_one_line(main(["sample", f"ckpt_path={other}", "data=digits"]), capsys, "Config error:")
+    assert "not a checkpoint of a vaegan model" in err and str(other) in err
+    torch.save(torch.zeros(3), other)
+    err = fails_in_one_line(main(["sample", f"ckpt_path={other}", "data=digits"]), capsys, "Config error:")
+    assert "not a vaegan training checkpoint" in err
+    assert files_in(tmp_path) == {"checkpoints"}
+
+
+def test_a_checkpoint_without_its_config_needs_the_data_named(run, tmp_path, capsys):
+    copy = tmp_path / "run"
+    shutil.copytree(run / "checkpoints", copy / "checkpoints")
+    ckpt = copy / "checkpoints" / "last.ckpt"
+    err = fails_in_one_line(main(["sample", f"ckpt_path={ckpt}", "n=4"]), capsys, "Config error:")
+    assert f"{copy / 'config.yaml'} not found" in err and "data=" in err and "data.root=" in err
+    err = fails_in_one_line(main(["sample", f"ckpt_path={ckpt}", "n=4", "data=digits"]), capsys, "Config error:")
+    assert "data.image_size=32 but the checkpoint's model was trained with 16" in err and "data.channels=1" in err
+    assert "pass data.image_size=16 data.channels=3" in err
+    assert files_in(copy) == {"checkpoints"}
+    npz = require_shared("celeba", "celeba_64.npz")
+    assert main(["sample", f"ckpt_path={ckpt}", "n=4", "data=npz", f"data.root={npz}", "data.image_size=16"]) == 0
+    assert files_in(copy / "explore") == {"sample_seed0_t1.png", "sample_seed0_t1.json"}
 
 
 # ------------------------------------------------------------------------------ the entry point

@@ -11,6 +11,7 @@ from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 
 from tests.conftest import CONF, TINY, iteration_rows
+from tests.test_step import OneDevicePerOp
 from vaegan import train as train_module
 from vaegan.config import ConfigError, register_configs, validate
 from vaegan.controller import EquilibriumCallback
@@ -67,24 +68,39 @@ def test_a_finite_check_in_between_resets_the_run_but_not_the_total():
         guard.check(4, {"L_d": nan()})
 
 
-def test_state_dict_round_trip():
+def test_checkpoint_state_round_trip():
     guard = DivergenceGuard(max_in_a_row=5)
     guard.check(1, {"L_d": nan()})
     guard.check(2, {"L_d": torch.tensor(1.0)})
     guard.check(3, {"L_s": nan(), "L_v": nan()})
-    state = guard.state_dict()
+    state = guard.checkpoint_state()
     assert state == {"skipped": 2, "in_a_row": 1, "first_bad": [3, ["L_s", "L_v"]]}
     restored = DivergenceGuard(max_in_a_row=5)
-    restored.load_state_dict(copy.deepcopy(state))
+    restored.load_checkpoint_state(copy.deepcopy(state))
     assert (restored.skipped, restored.in_a_row, restored.first_bad) == (2, 1, (3, ["L_s", "L_v"]))
-    fresh = DivergenceGuard().state_dict()
-    restored.load_state_dict(fresh)
+    fresh = DivergenceGuard().checkpoint_state()
+    restored.load_checkpoint_state(fresh)
     assert (restored.skipped, restored.in_a_row, restored.first_bad) == (0, 0, None)
 
 
 def test_guard_needs_at_least_one_bad_iteration():
     with pytest.raises(ValueError, match="max_bad_in_a_row=0"):
         DivergenceGuard(max_in_a_row=0)
+
+
+def test_the_guard_moves_with_the_model_and_restores_on_its_device():
+    """Its counters are buffers of the model (left out of its state_dict): wherever the model goes,
+    and a checkpoint restored there, they are there. The restored run of bad values covers every
+    name recorded next, so the masks are not laid out again: they must be on the device already."""
+    module = VAEGANModule(image_size=16, channels=1, width=4, latent_dim=8)
+    assert not any(key.startswith("guard") for key in module.state_dict())
+    module.to("meta")
+    module.on_load_checkpoint({"divergence_guard": {"skipped": 2, "in_a_row": 1, "first_bad": [3, ["L_d"]]}})
+    guard = module.guard
+    assert {str(t.device) for t in (guard.counters, guard.first_mask, guard.trip_mask)} == {"meta"}
+    with OneDevicePerOp():
+        stepped = module.guard.record(4, {"L_d": torch.ones((), device="meta")})
+    assert stepped.is_meta
 
 
 # ------------------------------------------------------------------------------ NaNs in real runs
@@ -251,6 +267,21 @@ def test_cli_exits_with_training_diverged(compose_cfg, tmp_path, monkeypatch):
     code = exit_.value.code
     assert isinstance(code, str) and code.startswith("Training diverged: L_d")
     assert "iteration 1 and the 2 iterations 1-2" in code
+    assert code.endswith("The weights are those after iteration 0; no checkpoint was written before it: start again "
+                         "with a lower learning rate or gradient clipping (model.optimizer.clip)")
+
+
+def test_cli_after_a_checkpoint_names_it(compose_cfg, tmp_path, monkeypatch):
+    from vaegan.run import execute
+
+    inject_nan_in_L_d(monkeypatch, set(range(3, 100)))
+    cfg = compose_cfg([*FAST, "iterations=8", "model.guard.max_bad_in_a_row=2", "callbacks.checkpoint.every_n_iterations=2"],
+                      tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        execute(cfg)
+    assert str(exit_.value.code).endswith(
+        f"{tmp_path / 'checkpoints' / 'last.ckpt'} is the last checkpoint written before it: resume from it with a "
+        "lower learning rate or gradient clipping (model.optimizer.clip)")
 
 
 # ------------------------------------------------------------------------------ gradient clipping

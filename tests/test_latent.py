@@ -229,3 +229,16 @@ def test_edit_codes_adds_weighted_vector():
     np.testing.assert_array_equal(out[:, 1].numpy(), z.numpy())  # w = 0 is the code itself
     same = edit_codes(z, v, torch.tensor(weights))
     np.testing.assert_array_equal(same.numpy(), out.numpy())
+
+
+@pytest.mark.parametrize("kind", ["memory map", "float tensor"])
+def test_encode_images_of_chosen_rows_reads_a_batch_at_a_time(tmp_path, uint8_images, kind):
+    np.save(tmp_path / "images.npy", uint8_images)
+    images = {"memory map": np.load(tmp_path / "images.npy", mmap_mode="r"),
+              "float tensor": torch.from_numpy(uint8_images).permute(0, 3, 1, 2).float() / 127.5 - 1}[kind]
+    rows = np.array([5, 0, 3, 3, 6])
+    enc = StubEncoder(48)
+    codes = encode_images(enc, images, batch_size=2, rows=rows)
+    assert enc.sizes == [2, 2, 1] and codes.shape == (5, 3)
+    np.testing.assert_allclose(codes.numpy(), expected_codes(uint8_images[rows], enc.weight.detach().numpy()),
+                               rtol=1e-4, atol=1e-4)

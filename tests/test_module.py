@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from vaegan.module import VAEGANModule
+from vaegan.module import VAEGANModule, adam
 from vaegan.performance import Performance
 
 HP = dict(image_size=16, channels=1, width=4, latent_dim=8, alpha=0.3, beta=0.1, gamma=0.1, lr=1e-3, seed=3)
@@ -199,3 +199,13 @@ def test_old_checkpoints_keep_their_convention(tmp_path):
     assert loaded.hparams.kl_reduction == "mean" and loaded.hparams.kl_warmup == 0
     assert loaded.hparams.lsm_normalize is False  # Eq. 9 as printed, as before the option existed
     assert loaded.lr_decay.mode is None
+
+
+def test_adam_is_fused_only_where_the_device_has_the_kernel():
+    """Where it has none (here: meta) Adam falls back to its loop, and steps."""
+    on_cpu = adam([torch.nn.Parameter(torch.zeros(3))], lr=1e-3)
+    on_meta = adam([torch.nn.Parameter(torch.zeros(3, device="meta"))], lr=1e-3)
+    assert on_cpu.defaults["fused"] and not on_meta.defaults["fused"]
+    for param in on_meta.param_groups[0]["params"]:
+        param.grad = torch.ones_like(param)
+    on_meta.step()

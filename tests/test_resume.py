@@ -150,3 +150,52 @@ def test_requeue_signal_saves_then_calls_the_handler_it_found(compose_cfg, tmp_p
     finally:
         signal.signal(signal.SIGUSR2, original)
     assert calls == [(signal.SIGUSR2, 7)]
+
+
+def test_ctrl_c_saves_like_sigterm_and_the_run_resumes_bit_identical(tmp_path):
+    reference, stopped = tmp_path / "reference", tmp_path / "stopped"
+    code, err = finish(start(*RUN, f"hydra.run.dir={reference}"))
+    assert code == 0, err[-2000:]
+    proc = start(*RUN, f"hydra.run.dir={stopped}")
+    last = stopped / "checkpoints" / "last.ckpt"
+    wait_for(last, proc)
+    proc.send_signal(signal.SIGINT)
+    code, err = finish(proc, timeout=30)
+    iteration = torch.load(last, weights_only=True)["global_step"] // 3
+    line = (f"Interrupted: stopped by SIGINT after iteration {iteration}, saved in {last}; to continue, rerun the "
+            f"same command with ckpt_path={last}")
+    assert code == 128 + signal.SIGINT and err.strip().splitlines()[-1] == line, err[-2000:]
+    assert (stopped / "run.log").read_text().strip().splitlines()[-1] == line
+    assert 0 < iteration < ITERATIONS
+    code, err = finish(start(*RUN, f"hydra.run.dir={stopped}"))
+    assert code == 0, err[-2000:]
+    assert_identical(training_state(last), training_state(reference / "checkpoints" / "last.ckpt"))
+
+
+def test_a_second_ctrl_c_exits_at_once_naming_what_is_not_saved(tmp_path):
+    slow = [*TINY, "iterations=100000", "data.image_size=64", "model.width=48", f"hydra.run.dir={tmp_path}",
+            "callbacks.checkpoint.every_n_iterations=2"]
+    proc = start(*slow)
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    wait_for(last, proc)
+    written = last.stat().st_mtime_ns
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.02)  # well inside the iteration the first Ctrl-C waits for
+    proc.send_signal(signal.SIGINT)
+    code, err = finish(proc, timeout=30)
+    lines = err.strip().splitlines()
+    assert code == 128 + signal.SIGINT, err[-2000:]
+    assert "press Ctrl-C again to exit at once without saving" in lines[-2]
+    assert lines[-1].startswith("Interrupted: second Ctrl-C, exited without saving: ")
+    saved = torch.load(last, weights_only=True)["global_step"] // 3
+    assert f"{last} holds iteration {saved}" in lines[-1] and last.stat().st_mtime_ns == written
+    assert (tmp_path / "run.log").read_text().strip().splitlines()[-1] == lines[-1]
+
+
+def test_ctrl_c_before_training_starts(tmp_path):
+    proc = start(*TINY, "iterations=100000", f"hydra.run.dir={tmp_path}")
+    time.sleep(1.0)  # importing torch and Lightning
+    proc.send_signal(signal.SIGINT)
+    code, err = finish(proc, timeout=30)
+    assert code == 128 + signal.SIGINT
+    assert err.strip().splitlines()[-1] == "Interrupted: Ctrl-C before training started; nothing was trained or saved"

@@ -1,11 +1,12 @@
 """The optimised iteration against the plain-PyTorch baseline (experiments/baseline.py): the same
 parameter updates, k and losses; each performance option runs; no read from the device between
-logging iterations."""
+logging iterations; every op of an iteration on the model's device."""
 
 import lightning as L
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 from torch.utils.data import DataLoader, TensorDataset
 
 from experiments.baseline import NaiveVAEGAN
@@ -175,6 +176,63 @@ def test_no_value_is_read_from_the_device_between_logging_iterations():
     trained(performance.Performance(), log_every=2, callbacks=[count])
     assert count.reads[1] == 0 and count.reads[3] == 0
     assert count.reads[2] > 0  # a logging iteration reads the losses, and the check can see reads
+
+
+# ------------------------------------------------------------------------------ one device
+class OneDevicePerOp(TorchDispatchMode):
+    """Fails the first op whose tensors, inputs and outputs, lie on more than one device: a tensor
+    left on the CPU beside the model's (k, the guard's counters), or moved to the model's device
+    during the step. Meta tensors hold no values: reading one gives 1."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.ops.aten._local_scalar_dense.default and args[0].is_meta:
+            return 1
+        out = func(*args, **kwargs)
+        devices = {str(t.device) for t in tree_flatten((args, kwargs, out))[0] if isinstance(t, torch.Tensor)}
+        assert len(devices) <= 1, f"{func} mixes tensors on {' and '.join(sorted(devices))}"
+        return out
+
+
+def on_meta(options: performance.Performance) -> tuple[VAEGANModule, EquilibriumCallback]:
+    """The full model (with EMA and the plateau decay) on the meta device, as at fit start, and its
+    controller's callback. Nothing has a value there, so on a CPU-only machine any tensor created
+    without the model's device stands out as a second device. No trainer: optimizers, backward
+    and logging are wired as in experiments/bench_step.py's bare loop."""
+    module = VAEGANModule(**SHAPE, ema_decay=0.9, lr_decay=dict(mode="plateau", every_n_iterations=1)).to("meta")
+    module.performance = options
+    performance.apply(module)
+    optimizers, schedulers = module.configure_optimizers()
+    module.optimizer_list, module.lr_schedulers = (lambda: optimizers), (lambda: schedulers)
+    module.manual_backward = lambda loss, **kwargs: loss.backward(**kwargs)
+    module.is_logging_iteration = lambda iteration=None: False
+    # torch.Generator has no meta device; draw_noise itself draws on the model's device
+    module.draw_noise = lambda n, iteration: {name: torch.randn(n, SHAPE["latent_dim"], device="meta")
+                                              for name in ("eps", "z_g")}
+    callback = EquilibriumCallback(**GAINS)
+    callback.on_fit_start(None, module)
+    return module, callback
+
+
+@pytest.mark.parametrize("options", [
+    performance.Performance(channels_last=False),  # shared backward: k scales the gradient (_foreach_mul_)
+    performance.Performance(channels_last=False, shared_backward=False),  # k inside L_dis
+    performance.Performance(batched_discriminator=True),
+], ids=["shared_backward", "one_pass_per_objective", "batched_discriminator"])
+def test_every_op_of_an_iteration_stays_on_the_models_device(options):
+    """The first iteration (where state placed lazily would move) and the next, callback hooks
+    included: the controller's k, the guard's counters, the EMA and the decay's sum never meet or
+    become a tensor of another device."""
+    module, callback = on_meta(options)
+    x = torch.zeros(8, SHAPE["channels"], SHAPE["image_size"], SHAPE["image_size"], device="meta")
+    with OneDevicePerOp():
+        for _ in range(2):
+            callback.on_train_batch_start(None, module, x, 0)
+            outputs = module.training_step(x, 0)
+            callback.on_train_batch_end(None, module, outputs, x, 0)
+    guard = module.guard
+    state = [callback.controller.k, callback.controller.window, guard.counters, guard.first_mask, guard.trip_mask]
+    assert {str(t.device) for t in state} == {"meta"}
 
 
 # ------------------------------------------------------------------------------ options and config

@@ -145,3 +145,44 @@ def test_resuming_in_the_same_directory_keeps_earlier_metrics(tmp_path):
     assert not (tmp_path / "metrics.csv").exists()
     assert (tmp_path / "metrics.1.csv").read_text() == "older\n"
     assert (tmp_path / "metrics.2.csv").read_text() == "step\n0\n"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the machine has a GPU")
+def test_asking_for_a_gpu_on_a_machine_without_one(tmp_path):
+    result = run_cli(*TINY, "trainer=gpu", "iterations=2", f"hydra.run.dir={tmp_path}")
+    line = ("Config error: trainer.accelerator=gpu: no CUDA GPU is visible here (torch.cuda.is_available() is False); "
+            "run on a machine with a GPU, or use trainer=cpu")
+    assert result.returncode == 1 and result.stderr.strip().splitlines()[-1] == line, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert (tmp_path / "run.log").read_text().strip().splitlines()[-1] == line
+
+
+def test_a_write_that_fails_in_the_run_directory_names_the_file(compose_cfg, tmp_path):
+    from vaegan.run import execute
+
+    (tmp_path / "config.yaml").mkdir()  # where the run writes its resolved config: a folder is in the way
+    with pytest.raises(SystemExit) as exit_info:
+        execute(compose_cfg([*TINY, "iterations=2"], tmp_path))
+    assert str(exit_info.value.code) == (f"File error: {tmp_path / 'config.yaml'}: Is a directory; free disk space, "
+                                         "fix the permissions, or choose another hydra.run.dir")
+
+
+def test_a_full_dev_shm_names_the_loader_workers_and_the_fix(tmp_path):
+    """DataLoader workers hand batches over in /dev/shm; a tiny one (as in Docker) kills them (large
+    batches) or leaves them stuck (small ones), which data.worker_timeout turns into an error."""
+    import shutil
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    if shutil.which("unshare") is None or subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode:
+        pytest.skip("needs a private mount namespace (unshare -m, as root) to shrink /dev/shm")
+    command = (f"mount -t tmpfs -o size=64k tmpfs /dev/shm && exec {sys.executable} -m vaegan.run {' '.join(TINY)} "
+               f"data.num_workers=2 data.worker_timeout=5 iterations=3 hydra.run.dir={tmp_path}")
+    done = subprocess.run(["unshare", "-m", "sh", "-c", command], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    last = done.stderr.strip().splitlines()[-1]
+    starts = ("Data error: DataLoader worker (pid(s) ", "Data error: DataLoader timed out after 5.0 seconds")
+    assert done.returncode == 1 and last.startswith(starts), done.stderr[-2000:]  # died, or stuck
+    assert "(data.num_workers=2): batches pass through shared memory (/dev/shm, 0.0 MB free)" in last
+    assert last.endswith("set data.num_workers=0, or give the machine more shared memory (docker run --shm-size=8g)")

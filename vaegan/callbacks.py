@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -20,8 +21,9 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torchvision.utils import save_image
 
-from vaegan import checkpoints, distributed, panels
+from vaegan import checkpoints, distributed, panels, run_lock
 from vaegan.files import write_atomic
+from vaegan.messages import final_line
 from vaegan.module import images_of
 
 
@@ -36,7 +38,7 @@ class IterationCheckpoint(L.Callback):
     def __init__(self, dirpath: str | Path, every_n_iterations: int = 1000, keep_every_n_iterations: int = 0):
         self.dirpath = Path(dirpath)
         self.every, self.keep_every = every_n_iterations, keep_every_n_iterations
-        self._saved_at = -1
+        self.saved_at = -1
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, *args: Any) -> None:
         it = pl_module.iteration
@@ -53,12 +55,12 @@ class IterationCheckpoint(L.Callback):
             os.replace(tmp, kept)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if pl_module.iteration != self._saved_at:
+        if pl_module.iteration != self.saved_at:
             self.save_last(trainer, pl_module.iteration)
 
     def save_last(self, trainer: L.Trainer, iteration: int) -> None:
         checkpoints.save_checkpoint_atomically(trainer, self.dirpath / "last.ckpt")
-        self._saved_at = iteration
+        self.saved_at = iteration
 
 
 class Interrupted(Exception):
@@ -71,31 +73,66 @@ class Interrupted(Exception):
 
 
 class PreemptionCheckpoint(L.Callback):
-    """On SIGTERM, SIGUSR1 or SIGUSR2 (``signals``), the run finishes its iteration, writes
+    """On SIGTERM, SIGUSR1, SIGUSR2 or SIGINT (``signals``), the run finishes its iteration, writes
     ``last.ckpt`` and stops; ``train`` then raises ``Interrupted``. The handler only sets a flag;
     the ranks agree on it every ``trainer.log_every_n_steps`` iterations (one tiny all-reduce; a
-    single process looks after every iteration), so all of them save the same iteration.
+    single process looks after every iteration), so all of them save the same iteration. A second
+    SIGINT (Ctrl-C twice) exits at once, saying which iterations were not saved.
 
     A handler the signal had when this callback was made, before the Trainer added its own
     (submitit's requeue on SLURM, for which Lightning's SLURM requeue is turned off), is called
     after the checkpoint is written.
     """
 
-    def __init__(self, checkpoint: IterationCheckpoint, signals: tuple[str, ...] = ("SIGTERM", "SIGUSR1", "SIGUSR2")):
+    def __init__(self, checkpoint: IterationCheckpoint,
+                 signals: tuple[str, ...] = ("SIGTERM", "SIGUSR1", "SIGUSR2", "SIGINT")):
         self.checkpoint, self.signals = checkpoint, [signal.Signals[name] for name in signals]
         self.received: int | None = None
         self.interrupted: Interrupted | None = None
         self._outer = {signum: signal.getsignal(signum) for signum in self.signals}
         self._previous: dict[int, Any] = {}
+        self._module: L.LightningModule | None = None
+        self._start = 0  # the iteration training started (resumed) from
 
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """From here on (before the first iteration), a signal stops the run after an iteration."""
+        self._module = pl_module
+        self._install()
+
+    def _install(self) -> None:
         if threading.current_thread() is not threading.main_thread():
             return  # only the main thread can install signal handlers
         for signum in self.signals:
-            self._previous[signum] = signal.signal(signum, self._handle)
+            if signal.getsignal(signum) != self._handle:
+                self._previous.setdefault(signum, signal.signal(signum, self._handle))
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start = pl_module.iteration
+        self._install()  # again: Lightning puts in its own SIGTERM handler after setup
 
     def _handle(self, signum: int, frame: Any) -> None:
+        if signum == signal.SIGINT and self.received is not None:
+            self._exit_unsaved()
         self.received = self.received or signum
+        if signum == signal.SIGINT and distributed.global_rank() == 0:
+            print("\nCtrl-C: stopping after this iteration and saving last.ckpt; press Ctrl-C again to exit at once "
+                  "without saving", file=sys.stderr, flush=True)
+
+    def _exit_unsaved(self) -> None:
+        """The second Ctrl-C: exits now (status 130), naming what is lost."""
+        now = self._module.iteration if self._module is not None else 0
+        saved = self.checkpoint.saved_at if self.checkpoint.saved_at >= 0 else self._start
+        last = self.checkpoint.dirpath / "last.ckpt"
+        if saved == 0:
+            lost = f"none of its {now} iterations are saved (no checkpoint was written yet)"
+        elif now > saved:
+            lost = f"iterations {saved + 1}-{now} are not saved; {last} holds iteration {saved}"
+        else:
+            lost = f"only the iteration in progress is lost; {last} holds iteration {saved}, the last completed one"
+        if distributed.global_rank() == 0:
+            final_line(f"Interrupted: second Ctrl-C, exited without saving: {lost}")
+        run_lock.release_all()
+        os._exit(128 + signal.SIGINT)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         if distributed.world_size() > 1 and not pl_module.is_logging_iteration():
@@ -108,10 +145,10 @@ class PreemptionCheckpoint(L.Callback):
         trainer.should_stop = True
         self._restore()
         outer = self._outer.get(signum)
-        if callable(outer):
+        if callable(outer) and outer is not signal.default_int_handler:  # Python's own raises KeyboardInterrupt
             outer(signum, None)  # e.g. submitit: requeue the job (rank 0), then exit
 
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._restore()
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:

@@ -33,25 +33,50 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be read, written or resumed; the message names the problem and the fix."""
 
 
-def load(path: str | Path, weights_only: bool = True) -> dict[str, Any]:
-    """The checkpoint at ``path`` (memory-mapped), or CheckpointError naming what is wrong with it."""
+def load(path: str | Path, weights_only: bool = True, own_run: bool = False) -> dict[str, Any]:
+    """The checkpoint at ``path`` (memory-mapped), or CheckpointError naming what is wrong with it.
+    ``own_run``: the run directory's own last.ckpt, which the same command would meet again."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file (resume from <run dir>/checkpoints/last.ckpt)")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=weights_only, mmap=True)
     except Exception as err:  # noqa: BLE001 - truncated, not a checkpoint, unsafe pickle: one message each
-        text = f"{type(err).__name__}: {str(err)[:300]}"
-        if weights_only and "Weights only load failed" in str(err):
-            raise CheckpointError(f"{path}: holds objects other than tensors, which can run code when loaded ({text.splitlines()[0]}); "
-                                  "if you trust the file, load it with ckpt_weights_only=false") from None
-        if "central directory" in str(err) or "zip archive" in str(err) or isinstance(err, EOFError):
-            raise CheckpointError(f"{path}: not a readable checkpoint, truncated or corrupt ({text}); resume from an earlier checkpoint "
-                                  "(checkpoints/iter_*.ckpt) or start again") from None
-        raise CheckpointError(f"{path}: not a readable checkpoint ({text})") from None
+        raise CheckpointError(unreadable(path, err, weights_only, own_run)) from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
         raise CheckpointError(f"{path}: not a vaegan training checkpoint (no state_dict or hyper_parameters)")
     return ckpt
+
+
+def unreadable(path: Path, err: Exception, weights_only: bool, own_run: bool) -> str:
+    """Why torch could not load ``path``, and what to do: torch's own hints (such as
+    ``_use_new_zipfile_serialization``) are about writing files and never apply here."""
+    first = str(err).strip().splitlines()[0].split(". ")[0][:200] if str(err).strip() else type(err).__name__
+    if weights_only and "Weights only load failed" in str(err):
+        return (f"{path}: holds objects other than tensors, which can run code when loaded; "
+                "if you trust the file, load it with ckpt_weights_only=false")
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        zipped = f.read(4) == b"PK\x03\x04"  # torch.save writes a zip archive
+    if size == 0:
+        what = "an empty file"
+    elif not zipped:
+        what = f"not a checkpoint ({size} bytes that are not the zip archive torch.save writes)"
+    else:
+        what = f"not a readable checkpoint, truncated or corrupt ({size} bytes; {first})"
+    if own_run:
+        return (f"{path}: {what}. This run directory resumes from it by default: move it aside "
+                f"(mv {path} {path}.bad) to start again or to resume from checkpoints/iter_*.ckpt with ckpt_path=, "
+                "or give the run another hydra.run.dir")
+    return f"{path}: {what}; resume from an earlier checkpoint (checkpoints/iter_*.ckpt) or start again"
+
+
+def check_more_to_do(ckpt: dict[str, Any], path: str | Path, iterations: int, optimizers: int) -> None:
+    """A resumed run whose ``iterations`` the checkpoint has already reached would train nothing."""
+    done = ckpt.get("global_step", 0) // optimizers
+    if iterations <= done:
+        raise CheckpointError(f"{path} has already trained {done} iterations, so iterations={iterations} leaves "
+                              f"nothing to do; set iterations above {done} to train on")
 
 
 def check_resumable(ckpt: dict[str, Any], path: str | Path, hparams: dict[str, Any]) -> None:
@@ -76,8 +101,11 @@ def save_checkpoint_atomically(trainer: L.Trainer, path: Path) -> None:
             os.replace(tmp, path)
     except OSError as err:
         tmp.unlink(missing_ok=True)
-        kept = "the previous one is intact" if path.exists() else "no earlier one exists"
-        raise CheckpointError(f"could not write {path} ({err}); {kept}. Free disk space and resume from it") from None
+        if path.exists():
+            raise CheckpointError(f"could not write {path} ({err.strerror or err}); the previous one is intact. "
+                                  "Free disk space and resume from it") from None
+        raise CheckpointError(f"could not write {path} ({err.strerror or err}), the run's first checkpoint, so "
+                              "nothing is saved. Free disk space and start the run again") from None
     trainer.strategy.barrier("save_checkpoint_atomically")
 
 

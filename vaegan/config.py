@@ -6,11 +6,13 @@ type fails while the config is composed, before anything trains, with the key's 
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, get_args, get_type_hints
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 KL_REDUCTIONS = ("elbo", "mean", "sum_latent")  # model.kl_reduction (vaegan.losses.kl_loss)
 
@@ -97,6 +99,7 @@ class DataConfig:
     image_size: int = 32
     channels: int = 3
     num_workers: int = 0  # DataLoader worker processes
+    worker_timeout: float = 120.0  # seconds a worker may take for a batch before the run stops (0 = wait forever)
     val_fraction: float = 0.1  # folder/npz/digits/synthetic without a partition: seeded held-out fraction
     split_seed: int = 0  # seeds that held-out split (not the run's seed: every seed of a sweep sees the same split)
     train_split: str = "train"  # train (the source's training split) or all
@@ -163,7 +166,7 @@ class LoggerConfig:
 class CheckpointConfig:
     every_n_iterations: int = 1000  # refreshes last.ckpt
     keep_every_n_iterations: int = 0  # also keep iter_XXXXXXX.ckpt copies at this interval (0 = never)
-    on_signals: list[str] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1", "SIGUSR2"])  # save last.ckpt, stop
+    on_signals: list[str] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1", "SIGUSR2", "SIGINT"])  # save last.ckpt, stop (SIGINT: Ctrl-C)
 
 
 @dataclass
@@ -268,6 +271,77 @@ def register_configs() -> None:
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
 
 
+def _schema_of(annotation: Any) -> type | None:
+    """The dataclass of a field typed ``X`` or ``Optional[X]``; None for a plain value."""
+    if dataclasses.is_dataclass(annotation):
+        return annotation
+    return next((arg for arg in get_args(annotation) if dataclasses.is_dataclass(arg)), None)
+
+
+def unknown_key(path: str, schema: type = None) -> str | None:
+    """None when the dotted ``path`` is a key of the schema (TrainConfig); otherwise the message,
+    with the closest key's name. Keys below an untyped value (``Any``) are not checked."""
+    schema = schema or TrainConfig
+    parts = path.split(".")
+    for depth, part in enumerate(parts):
+        fields = get_type_hints(schema)
+        if part not in fields:
+            parent = ".".join(parts[:depth])
+            close = difflib.get_close_matches(part, fields, n=1)
+            hint = f"; did you mean {'.'.join([*parts[:depth], close[0]])}?" if close else ""
+            where = f"no key {part!r} in {parent}" if parent else f"no top-level key {part!r}"
+            return f"{path}: {where}{hint} (python -m vaegan.run --cfg job prints every key)"
+        schema = _schema_of(fields[part])
+        if schema is None:
+            return None
+    return None
+
+
+def leaf_type(path: str) -> Any:
+    """The annotation of the schema's key ``path`` (None when it is not a plain value's key)."""
+    schema, parts = TrainConfig, path.split(".")
+    for part in parts[:-1]:
+        schema = _schema_of(get_type_hints(schema).get(part))
+        if schema is None:
+            return None
+    annotation = get_type_hints(schema).get(parts[-1])
+    return None if annotation is None or _schema_of(annotation) is not None else annotation
+
+
+TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def wrong_type(path: str, value: Any) -> str | None:
+    """Why ``value`` cannot be the schema's key ``path`` (e.g. data.batch_size=many); None when it can."""
+    annotation = leaf_type(path)
+    args = get_args(annotation)
+    optional = type(None) in args
+    kind = next((a for a in args if a is not type(None)), annotation) if optional else annotation
+    if value is None:
+        return None if optional or kind is Any else f"{path}=null: must be {TYPE_NAMES.get(kind, 'set')}"
+    ok = {int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+          float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+          bool: lambda v: isinstance(v, bool)}.get(kind)
+    if ok is None or ok(value):
+        return None
+    return f"{path}={value}: must be {TYPE_NAMES[kind]}{' or null' if optional else ''}"
+
+
+def unknown_keys(cfg: DictConfig, schema: type = None, prefix: str = "") -> list[str]:
+    """The message of each key of ``cfg`` that the schema does not have (e.g. added with ``+``)."""
+    schema = schema or TrainConfig
+    fields, found = get_type_hints(schema), []
+    for key in cfg:
+        path = f"{prefix}{key}"
+        if key not in fields:
+            found.append(unknown_key(path))
+            continue
+        sub, value = _schema_of(fields[key]), cfg.get(key)
+        if sub is not None and isinstance(value, DictConfig):
+            found += unknown_keys(value, sub, f"{path}.")
+    return found
+
+
 def _require(ok: bool, key: str, value: Any, rule: str) -> None:
     if not ok:
         raise ConfigError(f"{key}={value!r}: {rule}")
@@ -276,13 +350,20 @@ def _require(ok: bool, key: str, value: Any, rule: str) -> None:
 def validate(cfg: DictConfig) -> None:
     """Checks of values whose type alone is not enough; raises ConfigError naming the key."""
     m, d, c = cfg.model, cfg.data, cfg.model.controller
+    unknown = unknown_keys(cfg)
+    if unknown:
+        raise ConfigError("; ".join(unknown))
     _require(cfg.iterations > 0, "iterations", cfg.iterations, "must be a positive number of iterations")
     size = d.image_size
     _require(size >= 8 and size & (size - 1) == 0, "data.image_size", size, "must be a power of two >= 8 (16, 32, 64, 128)")
+    _require(size <= MAX_IMAGE_SIZE, "data.image_size", size,
+             f"is above the largest supported size, {MAX_IMAGE_SIZE}: one batch of activations at {size}x{size} "
+             f"needs ~{activation_gib(size, m.width, d.batch_size):.0f} GiB (the paper goes up to 128)")
     _require(d.channels in (1, 3), "data.channels", d.channels, "must be 1 or 3")
     _require(d.batch_size > 0, "data.batch_size", d.batch_size, "must be positive")
     _require(0 <= d.val_fraction < 1, "data.val_fraction", d.val_fraction, "must lie in [0, 1)")
     _require(d.num_workers >= 0, "data.num_workers", d.num_workers, "must be >= 0 (0 loads in the training process)")
+    _require(d.worker_timeout >= 0, "data.worker_timeout", d.worker_timeout, "must be >= 0 seconds (0 = wait forever)")
     _require(d.on_bad_image in ("error", "skip"), "data.on_bad_image", d.on_bad_image, "use error or skip")
     _require(d.train_split in ("train", "all"), "data.train_split", d.train_split, "use train or all")
     _require(d.crop is None or d.crop > 0, "data.crop", d.crop, "must be a positive number of pixels")
@@ -314,7 +395,11 @@ def validate(cfg: DictConfig) -> None:
     _require(0 <= m.ema.decay < 1, "model.ema.decay", m.ema.decay, "must lie in [0, 1) (0 = no EMA; 0.999 is usual)")
     _require(m.ema.start >= 0, "model.ema.start", m.ema.start, "must be >= 0 iterations")
     _require(m.guard.max_bad_in_a_row >= 1, "model.guard.max_bad_in_a_row", m.guard.max_bad_in_a_row, "must be >= 1")
-    _require(len(m.optimizer.betas) == 2, "model.optimizer.betas", list(m.optimizer.betas), "needs two values")
+    betas = list(m.optimizer.betas)
+    _require(len(betas) == 2 and all(0 <= b < 1 for b in betas), "model.optimizer.betas", betas,
+             "needs two values in [0, 1) (the paper: [0.5, 0.999])")
+    _require(0 <= cfg.seed < 2**32, "seed", cfg.seed, "must lie in [0, 2^32) (numpy's seed range)")
+    _require(0 <= d.split_seed < 2**32, "data.split_seed", d.split_seed, "must lie in [0, 2^32)")
     validate_trainer(cfg.trainer)
     compile_modes = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
     _require(cfg.performance.compile in (None, *compile_modes), "performance.compile", cfg.performance.compile,
@@ -344,7 +429,48 @@ PRECISIONS = ("32-true", "32", "bf16-mixed")
 SIGNALS = ("SIGTERM", "SIGUSR1", "SIGUSR2", "SIGINT", "SIGHUP")  # callbacks.checkpoint.on_signals
 
 
+MAX_IMAGE_SIZE = 512
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+
+
+def activation_gib(size: int, width: int, batch_size: int) -> float:
+    """A rough lower bound on one iteration's activations: ~60 float32 maps of width x size^2 per image."""
+    return 60 * width * size * size * 4 * batch_size / 2**30
+
+
+def device_count(devices: Any) -> int | None:
+    """How many processes ``trainer.devices`` asks for per node (None: auto, decided by Lightning)."""
+    if isinstance(devices, str):
+        devices = devices.strip()
+        if devices in ("auto", "-1"):
+            return None
+        if "," in devices:
+            return len([int(d) for d in devices.split(",") if d.strip()])
+        devices = int(devices)  # ValueError for a word
+    if isinstance(devices, int):
+        return None if devices == -1 else devices
+    return len(devices)
+
+
+def validate_devices(t: DictConfig) -> None:
+    devices = OmegaConf.to_container(t.devices) if isinstance(t.devices, ListConfig) else t.devices
+    rule = "use a number of devices (1, 2, ...), a list of device indices ([0, 1]), or auto"
+    try:
+        n = device_count(devices)
+    except (TypeError, ValueError):
+        n = 0
+    valid = n is None or (n >= 1 and (not isinstance(devices, list) or all(isinstance(i, int) and i >= 0 for i in devices)))
+    _require(valid, "trainer.devices", devices, rule)
+    _require(t.num_nodes >= 1, "trainer.num_nodes", t.num_nodes, "must be >= 1")
+    many = (n or 1) > 1 or t.num_nodes > 1
+    _require(not many or t.strategy == "ddp", "trainer.devices", devices,
+             "more than one device (or trainer.num_nodes > 1) needs vaegan's DDP: add trainer=ddp (GPUs) or "
+             "trainer=ddp_cpu (CPU processes), e.g. trainer=ddp_cpu trainer.devices=3")
+
+
 def validate_trainer(t: DictConfig) -> None:
+    _require(t.accelerator in ACCELERATORS, "trainer.accelerator", t.accelerator, f"use one of {', '.join(ACCELERATORS)}")
+    validate_devices(t)
     _require(t.log_every_n_steps >= 1, "trainer.log_every_n_steps", t.log_every_n_steps, "must be >= 1")
     _require(t.strategy in ("auto", "ddp"), "trainer.strategy", t.strategy,
              "use auto (one process) or ddp (trainer=ddp on GPUs, trainer=ddp_cpu on CPUs); other strategies cannot "

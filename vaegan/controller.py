@@ -1,8 +1,8 @@
 """The equilibrium controller of Eq. 12 and the Lightning Callback that runs it.
 
-``PIDController`` is the arithmetic alone; ``EquilibriumCallback`` hands k_{t-1} to the
-LightningModule before each iteration, feeds it e_t afterwards, logs k, and stores the
-controller's full state in checkpoints.
+``PIDController`` is the arithmetic alone; ``EquilibriumCallback`` puts it on the module's device
+when fitting starts, hands k_{t-1} to the LightningModule before each iteration, feeds it e_t
+afterwards, logs k, and stores the controller's full state in checkpoints.
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ class PIDController:
     lambda_1 (integral), kp lambda_2 (proportional), kd lambda_3 (differential); with
     kp = kd = 0 this is BEGAN's update k_t = k_{t-1} + lambda_k e_t.
 
-    The state is float64 tensors that live on the device of the errors fed in, so the update
-    never waits for the device: ``k`` is a tensor, ``update`` of a tensor returns one (of a
-    Python float, a float). ``state_dict`` reads the state back as Python numbers.
+    The state is float64 tensors on one device (``to``), so the update never waits for the device:
+    ``k`` is a tensor, ``update`` of a tensor returns one (of a Python float, a float).
+    ``load_state_dict`` keeps the device; ``state_dict`` reads the state back as Python numbers.
     """
 
     def __init__(
@@ -53,8 +53,8 @@ class PIDController:
         """Feed e_t, return k_t. ``stepped`` (a bool tensor, read on the device): where it is False
         the iteration was skipped and the state stays as it was."""
         host = not isinstance(e, Tensor)
-        e = torch.as_tensor(e, dtype=torch.float64, device=None if host else e.device).reshape(())
-        if e.device != self.k.device:
+        e = torch.as_tensor(e, dtype=torch.float64, device=self.k.device if host else e.device).reshape(())
+        if e.device != self.k.device:  # only a controller used on its own: EquilibriumCallback places it
             self.to(e.device)
         window = torch.cat([self.window[1:], e.reshape(1)])
         seen = torch.clamp(self.seen + 1, max=self.smoothing)
@@ -79,7 +79,8 @@ class PIDController:
         """The I, P and D terms of the last update, on the device."""
         return dict(zip("IPD", self._terms.unbind()))
 
-    def to(self, device: torch.device) -> "PIDController":
+    def to(self, device: torch.device | str) -> "PIDController":
+        """Moves the state to ``device``, in place."""
         for name in ("k", "window", "seen", "history", "_terms"):
             setattr(self, name, getattr(self, name).to(device))
         return self
@@ -91,7 +92,7 @@ class PIDController:
         return {"k": self.k.item(), "window": window, "history": history, "terms": self.terms}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        as64 = dict(dtype=torch.float64, device=getattr(self, "k", torch.zeros(())).device)
+        as64 = dict(dtype=torch.float64, device=self.k.device if hasattr(self, "k") else None)
         window = list(state["window"])[-self.smoothing:]
         self.k = torch.tensor(float(state["k"]), **as64)
         self.window = torch.tensor([0.0] * (self.smoothing - len(window)) + window, **as64)
@@ -105,6 +106,11 @@ class EquilibriumCallback(L.Callback):
 
     def __init__(self, **controller_kwargs: Any):
         self.controller = PIDController(**controller_kwargs)
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # On the module's device before the first iteration (a restored state too: Lightning loads
+        # it before this hook, or after it, where load_state_dict keeps the device).
+        self.controller.to(pl_module.device)
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int):
         pl_module.k = self.controller.k  # k_{t-1} for L_dis (Eq. 13)

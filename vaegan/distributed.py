@@ -29,12 +29,14 @@ from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 from torch import Tensor
 
+from vaegan import run_lock
+
 LAUNCH_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE", "RANK")
 
 
 def global_rank() -> int:
     """This process's rank, from the launcher's environment (0 before any launch)."""
-    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0)))
+    return run_lock.launcher_rank()
 
 
 def world_size() -> int:

@@ -45,24 +45,29 @@ def interpolate(a: Tensor, b: Tensor, steps: int, mode: str = "linear") -> Tenso
     return INTERPOLATIONS[mode](a, b, torch.linspace(0, 1, steps))
 
 
-def batches(images: np.ndarray, batch_size: int) -> Iterator[Tensor]:
-    """uint8 (N, H, W, C) rows -> model-input batches, a batch at a time (memory maps stay on disk)."""
-    for start in range(0, len(images), batch_size):
-        yield to_model_input(torch.from_numpy(np.asarray(images[start:start + batch_size])))
+def batches(images: np.ndarray, batch_size: int, rows: np.ndarray | None = None) -> Iterator[Tensor]:
+    """uint8 (N, H, W, C) images, all or those of the index ``rows`` -> model-input batches, read a
+    batch at a time (memory maps stay on disk)."""
+    count = len(images) if rows is None else len(rows)
+    for start in range(0, count, batch_size):
+        part = slice(start, start + batch_size) if rows is None else np.asarray(rows[start:start + batch_size])
+        yield to_model_input(torch.from_numpy(np.asarray(images[part])))
 
 
 @torch.no_grad()
 def encode_images(encoder: nn.Module, images: np.ndarray | Tensor, batch_size: int = 256,
-                  device: torch.device | str = "cpu", progress: Callable[[int], None] | None = None) -> Tensor:
-    """Posterior means mu_v of uint8 (N, H, W, C) images, or of model-input (N, C, H, W) floats,
-    with the encoder in eval mode (its mode is restored): (N, D) on the CPU."""
+                  device: torch.device | str = "cpu", progress: Callable[[int], None] | None = None,
+                  rows: np.ndarray | None = None) -> Tensor:
+    """Posterior means mu_v of uint8 (N, H, W, C) images (only those of the index ``rows``, when
+    given), or of model-input (N, C, H, W) floats, with the encoder in eval mode (its mode is
+    restored): (N, D) on the CPU."""
     was_training = encoder.training
     encoder.eval()
     try:
         if isinstance(images, Tensor) and images.is_floating_point():
-            chunks = images.split(batch_size)
+            chunks = (images if rows is None else images[torch.as_tensor(rows)]).split(batch_size)
         else:
-            chunks = batches(np.asarray(images) if isinstance(images, Tensor) else images, batch_size)
+            chunks = batches(np.asarray(images) if isinstance(images, Tensor) else images, batch_size, rows)
         codes = []
         for x in chunks:
             codes.append(encoder(x.to(device))[0].float().cpu())

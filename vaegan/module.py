@@ -87,7 +87,7 @@ class VAEGANModule(L.LightningModule):
         if ema_decay > 0:
             self.generator_ema = AveragedModel(self.generator, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
             self.generator_ema.requires_grad_(False)
-        self.guard = DivergenceGuard(max_bad_in_a_row)
+        self.guard = DivergenceGuard(max_bad_in_a_row)  # a submodule: its counters follow the model's device
         self.k: float | Tensor = 0.0  # k_{t-1}, a tensor on the device; set each iteration by EquilibriumCallback
         self.performance = Performance()  # how iterations run: set before fit, applied at its start
         self.memory_format = torch.contiguous_format
@@ -354,13 +354,13 @@ class VAEGANModule(L.LightningModule):
         performance.apply(self)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["divergence_guard"] = self.guard.state_dict()
+        checkpoint["divergence_guard"] = self.guard.checkpoint_state()
         checkpoint["train_precision"] = self.train_precision
         checkpoint["lr_decay"] = self.lr_decay.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "divergence_guard" in checkpoint:
-            self.guard.load_state_dict(checkpoint["divergence_guard"])
+            self.guard.load_checkpoint_state(checkpoint["divergence_guard"])
         if "lr_decay" in checkpoint:
             self.lr_decay.load_state_dict(checkpoint["lr_decay"])
 
@@ -371,11 +371,13 @@ class VAEGANModule(L.LightningModule):
         return (optimizers, schedulers) if schedulers else optimizers
 
 
+FUSED_DEVICES = ("cpu", "cuda", "mps", "xpu", "hpu")  # those of torch.optim's fused Adam
+
+
 def adam(params, **kwargs) -> torch.optim.Adam:
-    """Adam with the fused kernel where the device has one (CPU, CUDA, MPS): one pass over the
+    """Adam with the fused kernel where the device has one (CPU, CUDA, MPS, ...): one pass over the
     parameters, and a skipped iteration is decided on the device (``found_inf``)."""
     params = list(params)
-    try:
-        return torch.optim.Adam(params, fused=True, **kwargs)
-    except RuntimeError:  # a device without the fused kernel
-        return torch.optim.Adam(params, **kwargs)
+    # Decided here: Adam checks the devices only at its first step, too late to fall back.
+    fused = all(p.device.type in FUSED_DEVICES for p in params)
+    return torch.optim.Adam(params, fused=fused or None, **kwargs)

@@ -9,11 +9,12 @@ import lightning as L
 import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
+from lightning.pytorch.strategies import DDPStrategy
 from omegaconf import DictConfig, OmegaConf
 
 from vaegan import checkpoints, distributed, performance, tracking
 from vaegan.callbacks import ImageLogger, IterationCheckpoint, IterationProgressBar, PreemptionCheckpoint, TrainingStats
-from vaegan.config import validate
+from vaegan.config import ConfigError, validate
 from vaegan.controller import EquilibriumCallback
 from vaegan.data import DATAMODULES, ArrayDataModule, CachedDataModule, build_datamodule
 from vaegan.metrics import Extractor
@@ -34,7 +35,7 @@ def build_datamodule_from(cfg: DictConfig) -> ArrayDataModule:
     d = cfg.data
     kwargs = dict(batch_size=d.batch_size, image_size=d.image_size, channels=d.channels, num_workers=d.num_workers,
                   val_fraction=d.val_fraction, seed=cfg.seed, flip=d.flip, train_split=d.train_split,
-                  split_seed=d.split_seed)
+                  split_seed=d.split_seed, worker_timeout=d.worker_timeout)
     cached = issubclass(DATAMODULES.get(d.name, ArrayDataModule), CachedDataModule)
     kwargs.update({key: d[key] for key in SOURCE_OPTIONS.get(d.name, ()) + (CACHED_OPTIONS if cached else ())})
     return build_datamodule(d.name, **kwargs)
@@ -119,11 +120,16 @@ def train(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule_from(cfg)
     module = build_module(cfg)
+    check_accelerator(cfg.trainer.accelerator)
+    explicit = cfg.ckpt_path is not None
     cfg.ckpt_path = checkpoints.resume_path(cfg.ckpt_path, out)
     if cfg.ckpt_path is not None:  # fails in seconds, naming the problem, instead of deep in Lightning
-        ckpt = checkpoints.load(cfg.ckpt_path, cfg.ckpt_weights_only)
+        ckpt = checkpoints.load(cfg.ckpt_path, cfg.ckpt_weights_only, own_run=not explicit)
         checkpoints.check_resumable(ckpt, cfg.ckpt_path, dict(module.hparams))
+        checkpoints.check_more_to_do(ckpt, cfg.ckpt_path, cfg.iterations, len(module.networks))
         del ckpt
+    if distributed.global_rank() == 0:  # builds a cache here, outside Lightning, so that Ctrl-C stops it at once
+        datamodule.prepare_data()
     if distributed.global_rank() == 0:  # also the config that ranks started by vaegan.distributed read
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
@@ -136,6 +142,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
         return metrics
     finally:
         tracking.finish(loggers, failed)  # each multirun job is its own W&B run
+
+
+def check_accelerator(accelerator: str) -> None:
+    """A GPU asked for on a machine without one fails here, in one line, not in Lightning."""
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.accelerator={accelerator}: no CUDA GPU is visible here (torch.cuda.is_available() "
+                          "is False); run on a machine with a GPU, or use trainer=cpu")
+    if accelerator == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("trainer.accelerator=mps: no Apple GPU (MPS) here; use trainer=cpu")
 
 
 def fit(cfg: DictConfig, datamodule: ArrayDataModule, module: VAEGANModule, callbacks: list[L.Callback],
@@ -159,6 +174,9 @@ def fit(cfg: DictConfig, datamodule: ArrayDataModule, module: VAEGANModule, call
         limit_val_batches=0,
         num_sanity_val_steps=0,
     )
+    if isinstance(trainer.strategy, DDPStrategy) and not isinstance(trainer.strategy, distributed.ManualDDPStrategy):
+        raise ConfigError(f"trainer.devices={cfg.trainer.devices} made Lightning choose its own DDP, which cannot run "
+                          "vaegan's three optimizers; add trainer=ddp (GPUs) or trainer=ddp_cpu (CPU processes)")
     performance.warn_if_bf16_is_emulated(str(trainer.precision), trainer.strategy.root_device)
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=cfg.ckpt_weights_only)
     interrupted = next((c.interrupted for c in callbacks if isinstance(c, PreemptionCheckpoint)), None)

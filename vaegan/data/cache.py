@@ -12,17 +12,23 @@ It is built in a hidden ``.partial-*`` directory and renamed into place only whe
 a file lock, so a killed build leaves nothing that looks complete and two runs never build the
 same cache at once. Opening checks the key, the shape, the file size and CRCs (all of them when
 the file's modification time changed, a sample otherwise); any mismatch means a rebuild.
+
+A complete cache in a directory this process cannot write (a shared, read-only cache) is opened
+without the lock and without writing anything. A build that cannot write (no permission, a full
+disk) stops with one DataError naming the directory, and leaves any complete cache as it was.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
 import multiprocessing as mp
 import os
 import shutil
+import signal
 import time
 import threading
 import zipfile
@@ -40,7 +46,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from vaegan.data.errors import DataError
 from vaegan.data.sources import Source
 
-VERSION = 1  # bump when the transform or the file format changes
+VERSION = 2  # bump when the transform or the file format changes (2: 16-bit and transparent images)
 CHUNK_ROWS = 256  # images per work item and per CRC
 console = Console(stderr=True, soft_wrap=True)
 
@@ -137,8 +143,10 @@ _worker: dict = {}
 
 def _init_worker(source: Source, size: int, channels: int, file: str, parent: int | None = None) -> None:
     _worker.update(source=source, size=size, channels=channels, file=file)
-    if parent is not None:  # a worker outlives a SIGKILLed parent otherwise, blocked on its queue
-        threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+    if parent is not None:  # a worker process
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops the pool
+        threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()  # else a SIGKILLed parent's
+        # workers outlive it, blocked on their queue
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -187,20 +195,70 @@ def _run_chunks(source: Source, size: int, channels: int, file: Path, workers: i
         else:
             context = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
             initargs = (source, size, channels, str(file), os.getpid())
+            others = set(mp.active_children())
             with ProcessPoolExecutor(min(workers, n_chunks), context, _init_worker, initargs) as pool:
                 pending = {pool.submit(_fill_chunk, c) for c in range(n_chunks)}
                 try:
-                    while pending:
-                        done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    while pending:  # with a timeout, so that a Ctrl-C delivered to another thread is seen at once
+                        done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
                         for future in done:
                             collect(*future.result())
                 except BrokenProcessPool:
                     raise DataError(f"a cache worker process died (out of memory?); lower data.cache_workers (now {workers})") from None
-                except BaseException:
-                    for future in pending:
-                        future.cancel()
+                except BaseException:  # Ctrl-C, or a bad image: stop the workers now, not after their chunks
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    for worker in set(mp.active_children()) - others:
+                        worker.terminate()
                     raise
     return crcs, sorted(bad)
+
+
+def human(nbytes: float) -> str:
+    """A size for messages: 950 bytes, 147.5 kB, 2.5 MB, 12.3 GB."""
+    for unit in ("bytes", "kB", "MB", "GB"):
+        if nbytes < 1000 or unit == "GB":
+            return f"{nbytes:.0f} {unit}" if unit == "bytes" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1000
+
+
+def write_error(root: Path, err: OSError, nbytes: int) -> str:
+    """One line: the cache directory that could not be written, why, and what to do."""
+    why = err.strerror or str(err)
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        free = shutil.disk_usage(root).free if root.is_dir() else 0
+        fix = f"the cache needs {human(nbytes)}, {human(free)} are free: free space there or set data.cache_dir=<a folder with room>"
+    elif err.errno == errno.EFBIG:
+        fix = f"the file system (or ulimit -f) does not allow a {human(nbytes)} file: set data.cache_dir=<a folder on another file system>"
+    else:
+        fix = "set data.cache_dir=<a writable folder>"
+    return f"cannot write the cache in {root} ({why}{f': {err.filename}' if err.filename else ''}); {fix}"
+
+
+@contextlib.contextmanager
+def writing(root: Path, nbytes: int):
+    """Turn a failed write under ``root`` into a DataError naming it (the caller cleans up)."""
+    try:
+        yield
+    except OSError as err:
+        raise DataError(write_error(root, err, nbytes)) from None
+
+
+def allocate(file: Path, shape: tuple[int, ...]) -> None:
+    """Create images.npy with all its blocks reserved: on a full disk this fails here, with
+    ENOSPC, instead of killing a worker with SIGBUS when it writes into a hole of the memory map."""
+    np.lib.format.open_memmap(file, mode="w+", dtype=np.uint8, shape=shape).flush()
+    with open(file, "rb+") as f:
+        try:
+            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+        except OSError as err:
+            if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # not supported here: keep the sparse file
+                raise
+
+
+def all_skipped(source: Source, bad: list[tuple[int, str, str]]) -> str:
+    _, name, reason = bad[0]
+    return (f"all {len(source)} images of {source.location()} are unreadable and were skipped (data.on_bad_image=skip), "
+            f"e.g. {name} ({reason}); point data.root at readable images")
 
 
 def build_cache(path: Path, key: dict, source: Source, workers: int, on_bad_image: str) -> ImageArrays:
@@ -208,27 +266,33 @@ def build_cache(path: Path, key: dict, source: Source, workers: int, on_bad_imag
     size, channels = key["size"], key["channels"]
     arrays = source.arrays()  # parses and checks annotations before any decoding starts
     partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    shape = (len(source), size, size, channels)
+    root, nbytes = path.parent, int(np.prod(shape))
     shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
     try:
         start = time.perf_counter()
         file = partial / "images.npy"
-        np.lib.format.open_memmap(file, mode="w+", dtype=np.uint8, shape=(len(source), size, size, channels)).flush()
+        with writing(root, nbytes):
+            partial.mkdir(parents=True)
+            allocate(file, shape)
         crcs, bad = _run_chunks(source, size, channels, file, workers, on_bad_image)
+        if len(bad) == len(source):
+            raise DataError(all_skipped(source, bad))
         seconds = time.perf_counter() - start
-        np.savez(partial / "arrays.npz", **arrays)
-        with open(file, "rb+") as f:
-            os.fsync(f.fileno())
-        stat = file.stat()
-        meta = {"key": key, "key_sha256": digest(key), "shape": [len(source), size, size, channels],
-                "images_bytes": stat.st_size, "images_mtime_ns": stat.st_mtime_ns, "chunk_crc32": crcs,
-                "excluded": bad, "seconds": round(seconds, 2), "built": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        (partial / "meta.json").write_text(json.dumps(meta, indent=1))
-        if path.exists():
+        with writing(root, nbytes):
+            np.savez(partial / "arrays.npz", **arrays)
+            with open(file, "rb+") as f:
+                os.fsync(f.fileno())
+            stat = file.stat()
+            meta = {"key": key, "key_sha256": digest(key), "shape": list(shape),
+                    "images_bytes": stat.st_size, "images_mtime_ns": stat.st_mtime_ns, "chunk_crc32": crcs,
+                    "excluded": bad, "seconds": round(seconds, 2), "built": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            (partial / "meta.json").write_text(json.dumps(meta, indent=1))
             stale = path.with_name(f".{path.name}.stale-{os.getpid()}")
-            os.rename(path, stale)
-            shutil.rmtree(stale)
-        os.rename(partial, path)
+            if path.exists():
+                os.rename(path, stale)
+            os.rename(partial, path)
+        shutil.rmtree(stale, ignore_errors=True)  # after the new cache is in place: a failure here loses nothing
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     rate = len(source) / max(seconds, 1e-9)
@@ -239,19 +303,48 @@ def build_cache(path: Path, key: dict, source: Source, workers: int, on_bad_imag
     return open_cache(path, key)
 
 
+class Unwritable(Exception):
+    """The cache directory cannot be written, so it cannot be locked (the OSError is the argument)."""
+
+
 @contextlib.contextmanager
 def locked(path: Path):
-    """Hold an exclusive lock on ``<path>.lock`` (waits while another process builds the cache).
+    """Hold an exclusive lock on ``<path>.lock`` (waits while another process builds the cache);
+    raises Unwritable when the lock file cannot be created or locked.
 
     A POSIX record lock (``lockf``), not ``flock``: forked build workers do not inherit it, so a
     killed build never leaves the lock held by orphaned workers."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "w") as lock:
-        fcntl.lockf(lock, fcntl.LOCK_EX)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(path.with_name(path.name + ".lock"), "a")
+    except OSError as err:
+        raise Unwritable(err) from None
+    with lock:
+        try:
+            fcntl.lockf(lock, fcntl.LOCK_EX)
+        except OSError as err:  # e.g. no lock support on this file system
+            raise Unwritable(err) from None
         try:
             yield
         finally:
             fcntl.lockf(lock, fcntl.LOCK_UN)
+
+
+def open_read_only(path: Path, key: dict, err: OSError) -> ImageArrays:
+    """The complete cache at ``path`` in a directory that cannot be written, read without writing
+    anything (no other process can be building it there); or a DataError saying what to do."""
+    try:
+        cached = open_cache(path, key)
+        state = "is not built yet"
+    except StaleCache as why:
+        cached, state = None, f"is stale or damaged ({why})"
+    if cached is not None:
+        return cached
+    root = path.parent
+    if root.exists() and not root.is_dir():
+        raise DataError(f"the cache folder {root} is a file, not a folder; set data.cache_dir=<a writable folder>")
+    raise DataError(f"the cache {path} {state} and {root} cannot be written ({err.strerror or err}); set "
+                    f"data.cache_dir=<a writable folder>, or build the cache once with write access to {root}")
 
 
 def load_or_build(source: Source, size: int, channels: int, cache_root: str | Path | None = None,
@@ -259,14 +352,17 @@ def load_or_build(source: Source, size: int, channels: int, cache_root: str | Pa
     """Open the cache of ``source`` at ``size``, building (or rebuilding) it first if needed."""
     key = cache_key(source, size, channels)
     path = cache_dir_for(Path(cache_root) if cache_root else default_cache_dir(), key)
-    with locked(path):
-        try:
-            cached = open_cache(path, key)
-        except StaleCache as why:
-            console.print(f"[yellow]cache {path} is stale or damaged: {why}; rebuilding it")
-            cached = None
-        if cached is None:
-            for leftover in path.parent.glob(f".{path.name}.partial-*"):  # from a killed build
-                shutil.rmtree(leftover, ignore_errors=True)
-            cached = build_cache(path, key, source, workers or cpu_count(), on_bad_image)
+    try:
+        with locked(path):
+            try:
+                cached = open_cache(path, key)
+            except StaleCache as why:
+                console.print(f"[yellow]cache {path} is stale or damaged: {why}; rebuilding it")
+                cached = None
+            if cached is None:
+                for leftover in [*path.parent.glob(f".{path.name}.partial-*"), *path.parent.glob(f".{path.name}.stale-*")]:
+                    shutil.rmtree(leftover, ignore_errors=True)  # from a killed build
+                cached = build_cache(path, key, source, workers or cpu_count(), on_bad_image)
+    except Unwritable as err:
+        return open_read_only(path, key, err.args[0])
     return cached

@@ -125,16 +125,19 @@ class ArrayDataModule(L.LightningDataModule):
 
     def __init__(self, batch_size: int = 16, image_size: int = 32, channels: int = 3, num_workers: int = 0,
                  val_fraction: float = 0.1, seed: int = 0, flip: bool = False, train_split: str = "train",
-                 split_seed: int = 0):
+                 split_seed: int = 0, worker_timeout: float = 120.0):
         """``seed`` (the run's) seeds the flips; ``split_seed`` the held-out split of sources without
         a partition, apart from the run's seed so that every seed of a sweep trains on, and is
-        evaluated against, the same images."""
+        evaluated against, the same images. ``worker_timeout``: seconds a worker may take for one
+        batch before the loader gives up (a stuck worker, e.g. with /dev/shm full, would hang the
+        run); 0 waits forever."""
         super().__init__()
         if train_split not in ("train", "all"):
             raise DataError(f"data.train_split={train_split!r}: use train (the source's training split) or all")
         self.batch_size, self.image_size, self.channels = batch_size, image_size, channels
         self.num_workers, self.val_fraction, self.seed = num_workers, val_fraction, seed
         self.flip, self.train_split, self.split_seed = flip, train_split, split_seed
+        self.worker_timeout = worker_timeout if num_workers > 0 else 0
         self.data: ImageArrays | None = None
         self.splits: dict[str, np.ndarray] = {}
 
@@ -147,8 +150,9 @@ class ArrayDataModule(L.LightningDataModule):
         self.data = self.load()
         self.splits = self.split_indices()
         if len(self.splits["train"]) < self.batch_size:
+            skipped = f" ({len(self.data.excluded)} unreadable images were left out)" if len(self.data.excluded) else ""
             raise DataError(
-                f"data.batch_size={self.batch_size} exceeds the {len(self.splits['train'])} training images; "
+                f"data.batch_size={self.batch_size} exceeds the {len(self.splits['train'])} training images{skipped}; "
                 "lower data.batch_size"
             )
 
@@ -181,7 +185,7 @@ class ArrayDataModule(L.LightningDataModule):
         return DataLoader(
             self.dataset(split, target), batch_size=self.batch_size, shuffle=shuffle, drop_last=drop_last,
             num_workers=self.num_workers, persistent_workers=self.num_workers > 0, collate_fn=already_batched,
-            pin_memory=torch.cuda.is_available(),
+            pin_memory=torch.cuda.is_available(), timeout=self.worker_timeout,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -193,7 +197,7 @@ class ArrayDataModule(L.LightningDataModule):
         sampler = IterationBatchSampler(len(dataset), self.batch_size, self.seed, rank, world, iteration)
         return IterationDataLoader(dataset, batch_sampler=sampler, num_workers=self.num_workers,
                                    persistent_workers=self.num_workers > 0, collate_fn=already_batched,
-                                   pin_memory=torch.cuda.is_available())
+                                   pin_memory=torch.cuda.is_available(), timeout=self.worker_timeout)
 
     def val_dataloader(self) -> DataLoader:
         return self.dataloader(self.val_split)

@@ -110,11 +110,33 @@ CELEBA_MD5 = {  # torchvision's checksums of the official files (torchvision.dat
 }
 
 
+def read_text_file(path: Path) -> str:
+    """The text of an annotation file, or a DataError saying why it is not one."""
+    try:
+        return path.read_bytes().decode("utf-8")
+    except OSError as err:
+        raise DataError(f"cannot read {path} ({err.strerror}); make it a readable file (chmod u+r)") from None
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path} is not a text file (byte {err.start} is {err.object[err.start:err.start + 1]!r}); "
+                        "use the official text file (unzip it first if it came zipped)") from None
+
+
+def misplaced_celeba_root(root: Path) -> str | None:
+    """A one-line fix when data.root points at celeba/ or at its image folder instead of above them."""
+    if (root / "img_align_celeba").is_dir():
+        if root.name == "celeba":
+            return f"data=celeba: data.root={root} is the celeba folder itself; pass the folder above it: data.root={root.parent}"
+        return f"data=celeba: {root} holds img_align_celeba/ directly; move it and the annotation files into {root / 'celeba'}/"
+    if root.name == "img_align_celeba" and root.parent.name == "celeba":
+        return f"data=celeba: data.root={root} is the image folder; pass the folder two levels up: data.root={root.parent.parent}"
+    return None
+
+
 def read_celeba_table(path: Path, values: int, header: bool, allowed: set[int] | None) -> tuple[list[str], dict[str, tuple[int, list[int]]]]:
     """Parse a CelebA annotation file: rows ``name v1 .. v<values>``, after a count line and a
     names line when ``header``. Returns (column names, {name: (line number, values)}); raises a
     DataError naming the first line that does not fit."""
-    lines = path.read_text().splitlines()
+    lines = read_text_file(path).splitlines()
     while lines and not lines[-1].strip():
         lines.pop()
     columns, first = [], 1
@@ -161,9 +183,13 @@ class CelebASource(FileSource):
         missing = [p for p in (self.root, self.attr_file, self.partition_file) if not p.exists()]
         if missing:
             raise DataError(
-                f"data=celeba: {missing[0]} not found (data.root={root}).\nExpected layout:\n{CELEBA_LAYOUT}\n{CELEBA_HOWTO}"
+                misplaced_celeba_root(self.data_root)
+                or f"data=celeba: {missing[0]} not found (data.root={root}).\nExpected layout:\n{CELEBA_LAYOUT}\n{CELEBA_HOWTO}"
             )
-        self.files = sorted(e.name for e in os.scandir(self.root) if e.name.lower().endswith(IMAGE_EXTENSIONS))
+        try:
+            self.files = sorted(e.name for e in os.scandir(self.root) if e.name.lower().endswith(IMAGE_EXTENSIONS))
+        except OSError as err:
+            raise DataError(f"data=celeba: cannot list {self.root} ({err.strerror}); make it a readable folder (chmod u+rx)") from None
         if not self.files:
             raise DataError(f"data=celeba: {self.root} holds no images.\nExpected layout:\n{CELEBA_LAYOUT}\n{CELEBA_HOWTO}")
         if verify_checksums:
@@ -212,6 +238,22 @@ class CelebASource(FileSource):
 
 
 # --------------------------------------------------------------------------------------- folders
+def list_images(root: Path) -> list[str]:
+    """The image files under ``root`` (relative paths, sorted; symlinked folders are not entered).
+    A folder that cannot be listed is a DataError: skipping it would silently drop its images."""
+
+    def unlistable(err: OSError) -> None:
+        raise DataError(f"data=folder: cannot list {err.filename} ({err.strerror}); make it readable "
+                        f"(chmod -R u+rX {err.filename}) or move it out of data.root")
+
+    return sorted(
+        str(path.relative_to(root))
+        for folder, _, names in os.walk(root, onerror=unlistable)
+        for path in (Path(folder, name) for name in names)
+        if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
+    )
+
+
 class FolderSource(FileSource):
     """Every image under ``root``, recursively. When all images sit in subfolders, the first
     subfolder under ``root`` is the class (as in torchvision's ImageFolder)."""
@@ -221,11 +263,11 @@ class FolderSource(FileSource):
     def __init__(self, root: str | Path, crop: int | None = None):
         self.root, self.crop = Path(root), crop
         if not self.root.is_dir():
-            raise DataError(f"data=folder: data.root={root} is not a directory; point data.root at a folder of images ({', '.join(IMAGE_EXTENSIONS)}, any depth)")
-        self.files = sorted(
-            str(p.relative_to(self.root)) for p in self.root.rglob("*")
-            if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-        )
+            what = "not a directory"
+            if self.root.is_file():
+                what = "a file, not a folder" + (" (for an .npz file use data=npz)" if self.root.suffix == ".npz" else "")
+            raise DataError(f"data=folder: data.root={root} is {what}; point data.root at a folder of images ({', '.join(IMAGE_EXTENSIONS)}, any depth)")
+        self.files = list_images(self.root)
         if not self.files:
             raise DataError(f"data=folder: no images ({', '.join(IMAGE_EXTENSIONS)}) under {self.root}")
 
@@ -273,6 +315,7 @@ class NpzSource(ArraySource):
     @cached_property
     def contents(self) -> dict[str, np.ndarray]:
         """Every array of the file, checked (decompressing takes a while; only needed to build the cache)."""
+        self.check_format()
         try:
             with np.load(self.path, allow_pickle=False) as f:
                 contents = {key: f[key] for key in f.files}
@@ -288,6 +331,23 @@ class NpzSource(ArraySource):
             if key in contents and len(contents[key]) != len(x):
                 raise DataError(f"data=npz: {self.path}: {key} has {len(contents[key])} rows but x has {len(x)} images")
         return contents
+
+    def check_format(self) -> None:
+        """A DataError unless the file starts like a zip archive (what numpy.savez writes)."""
+        try:
+            with open(self.path, "rb") as f:
+                head = f.read(16)
+        except OSError as err:
+            raise DataError(f"data=npz: cannot read {self.path} ({err.strerror}); make it a readable file") from None
+        if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+            return
+        if head.startswith(b"\x93NUMPY"):
+            raise DataError(f"data=npz: {self.path} is a .npy file (one array), not an .npz archive; "
+                            "write the images with numpy.savez(file, x=images) and point data.root at that file")
+        size = self.path.stat().st_size
+        what = "is empty" if not head else f"starts with {head!r} ({size:,} bytes)"
+        raise DataError(f"data=npz: {self.path} is not an .npz archive: it {what}; "
+                        "write the images with numpy.savez(file, x=images) and point data.root at that file")
 
     @property
     def x(self) -> np.ndarray:

@@ -4,7 +4,8 @@ per-batch conversion to model input (run on the training device).
 The crop-and-resize equals ``torchvision.transforms.Compose([CenterCrop(c), Resize(S)])`` on a
 PIL image, bit for bit: crop first, then Pillow's bilinear resize, which antialiases when it
 shrinks. (Resizing with Pillow's ``box=`` argument instead of cropping is *not* equivalent: the
-filter then reads pixels outside the box.)
+filter then reads pixels outside the box.) Images that are not 8-bit are brought to 8 bits
+first, without clipping (``to_8bit``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,37 @@ from PIL import Image
 from torch import Tensor
 
 MODES = {1: "L", 3: "RGB"}
+SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N")
+ALPHA = ("LA", "PA", "RGBA", "RGBa")
+
+
+class UnsupportedImage(ValueError):
+    """An image whose pixels have no defined 8-bit equivalent; the message names its mode."""
+
+
+def to_8bit(img: Image.Image, channels: int = 3) -> Image.Image:
+    """``img`` in mode L (``channels`` 1) or RGB (3), converted without losing its range.
+
+    - 16-bit grey (``I;16*``, and ``I`` holding 0..65535, as older Pillow opens 16-bit PNGs) keeps
+      its top 8 bits, ``v >> 8``, as Pillow reads 16-bit RGB PNGs: ``257 * v`` gives back ``v``.
+      (Pillow's own conversion clips: 0..65535 would become 0..255 saturated at 255.)
+    - ``I`` beyond 0..65535 and ``F`` (32-bit float) have no defined range: UnsupportedImage.
+    - Transparency (LA, PA, RGBA, or P/L/RGB with a transparent colour) is composited over black,
+      the colour of the crop's padding, so the arbitrary colours under transparent pixels never
+      show; opaque pixels are unchanged.
+    - Other modes (1, L, P, RGB, CMYK, YCbCr, ...) convert as Pillow does.
+    """
+    if img.mode == "F":
+        raise UnsupportedImage("32-bit float pixels (mode F) have no defined 0-255 range; save it as an 8- or 16-bit image")
+    if img.mode == "I":
+        low, high = img.getextrema()
+        if low < 0 or high > 65535:
+            raise UnsupportedImage(f"32-bit integer pixels (mode I) from {low} to {high}, beyond 16 bits; save it as an 8- or 16-bit image")
+    if img.mode in SIXTEEN_BIT or img.mode == "I":
+        img = Image.fromarray((np.asarray(img).astype(np.uint32) >> 8).astype(np.uint8))
+    elif img.mode in ALPHA or "transparency" in img.info:
+        img = Image.alpha_composite(Image.new("RGBA", img.size, (0, 0, 0, 255)), img.convert("RGBA"))
+    return img.convert(MODES[channels])
 
 
 def center_crop_box(width: int, height: int, crop: int) -> tuple[int, int, int, int]:
@@ -33,7 +65,7 @@ def crop_and_resize(img: Image.Image, size: int, crop: int | None = None, channe
 
     A crop larger than the image pads with black, as torchvision's CenterCrop does.
     """
-    img = img.convert(MODES[channels])
+    img = to_8bit(img, channels)
     crop = crop or min(img.size)
     if img.size != (crop, crop):
         img = img.crop(center_crop_box(*img.size, crop))  # Pillow pads with zeros outside the image

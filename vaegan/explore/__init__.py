@@ -22,6 +22,11 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help") or any(a in ("-h", "--help") for a in argv):
         print(USAGE, file=sys.stdout if argv else sys.stderr)
         return 0 if argv else 2
+    try:
+        command, options, overrides = parse(argv)  # before the heavy imports: a typo is reported at once
+    except ExploreError as err:
+        print(f"Explore error: {err}", file=sys.stderr)
+        return 2
     from rich.console import Console
 
     from vaegan.config import ConfigError
@@ -31,12 +36,15 @@ def main(argv: list[str] | None = None) -> int:
 
     console = Console(soft_wrap=True, width=max(Console().width, 132))  # whole table rows in logs too
     try:
-        command, options, overrides = parse(argv)
         explorer = Explorer(command, options, overrides, console)
         getattr(explorer, command)()
     except (ConfigError, ExploreError, DataError, MetricsError) as err:
         kind = next(k for t, k in [(ExploreError, "Explore"), (ConfigError, "Config"), (DataError, "Data"),
                                    (MetricsError, "Metrics")] if isinstance(err, t))
         print(f"{kind} error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # e.g. the disk filled up while writing; nothing is left half-written
+        where = f" ({err.filename})" if err.filename else ""
+        print(f"Explore error: {err.strerror or err}{where}; check that path and its free space", file=sys.stderr)
         return 2
     return 0
