@@ -6,7 +6,7 @@ its exit status, its time and the last line it prints.
     python experiments/hostile_input.py --repeat 5      # each config error 5 times: the median time
 
 Everything it makes lives in a temporary folder, removed at the end. Faults that need the shared
-data (../shared/data) are left out without it.
+data (../shared/data, named "shared: ...") are left out without it.
 """
 
 from __future__ import annotations
@@ -99,6 +99,62 @@ def empty_checkpoint(w: Work) -> tuple[int, float, str]:
     return run([*RUN, *TINY, f"ckpt_path={empty}", f"hydra.run.dir={w.path('empty_run')}"])
 
 
+def explore(w: Work, *args: str) -> tuple[int, float, str]:
+    return run([PY, "-m", "vaegan.explore", *args[:1], f"ckpt_path={w.checkpoint()}", *args[1:]])
+
+
+def without_config(w: Work) -> tuple[int, float, str]:
+    run_dir = w.path("no_config")
+    if not run_dir.exists():
+        shutil.copytree(w.checkpoint().parent.parent, run_dir)
+        (run_dir / "config.yaml").unlink()
+    return run([PY, "-m", "vaegan.evaluate", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"])
+
+
+def text_npz(w: Work) -> tuple[int, float, str]:
+    path = w.path("text.npz")
+    path.write_text("x,y\n1,2\n")
+    return run([*RUN, "data=npz", f"data.root={path}", f"hydra.run.dir={w.path('npz_run')}"])
+
+
+def sixteen_bit(w: Work) -> tuple[int, float, str]:
+    """200 CelebA faces as 16-bit grey PNGs (x257): the cached pixels must be the 8-bit originals."""
+    import numpy as np
+    from PIL import Image
+
+    faces, folder = np.load(SHARED / "celeba" / "celeba_64.npz")["x"][:200], w.path("png16")
+    folder.mkdir(exist_ok=True)
+    grey = np.asarray([np.asarray(Image.fromarray(face).convert("L")) for face in faces])
+    for i, face in enumerate(grey):
+        Image.fromarray(face.astype(np.uint16) * 257).save(folder / f"{i:03d}.png")
+    status, seconds, line = run([*RUN, "data=folder", f"data.root={folder}", "data.image_size=64", "data.channels=1",
+                                 f"data.cache_dir={w.path('cache16')}", "iterations=2", f"hydra.run.dir={w.path('r16')}"])
+    cached = np.load(next(w.path("cache16").glob("folder-*/images.npy")))[..., 0]
+    order = sorted(range(len(grey)), key=lambda i: f"{i:03d}.png")
+    diff = int(np.abs(cached.astype(int) - grey[order].astype(int)).max())
+    return status, seconds, f"trained; cached pixels differ from the 8-bit originals by at most {diff}"
+
+
+def read_only_cache(w: Work) -> tuple[int, float, str]:
+    """A complete cache made read-only (chmod; for root a read-only bind mount) is used as it is."""
+    folder, cache = SHARED / "celeba" / "img_align_celeba", w.path("ro_cache")
+    common = [*RUN, "data=folder", f"data.root={folder}", "data.image_size=16", f"data.cache_dir={cache}", "iterations=2"]
+    subprocess.run([*common, f"hydra.run.dir={w.path('ro_build')}"], cwd=ROOT, env=env(), capture_output=True, check=True)
+    if os.geteuid() == 0:
+        subprocess.run(["mount", "--bind", str(cache), str(cache)], check=True)
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(cache)], check=True)
+    else:
+        subprocess.run(["chmod", "-R", "a-w", str(cache)], check=True)
+    try:
+        status, seconds, _ = run([*common, f"hydra.run.dir={w.path('ro_use')}"])
+        return status, seconds, "trained from the read-only cache"
+    finally:
+        if os.geteuid() == 0:
+            subprocess.run(["umount", "-l", str(cache)], check=True)
+        else:
+            subprocess.run(["chmod", "-R", "u+w", str(cache)], check=True)
+
+
 def a_file(w: Work) -> Path:
     path = w.path("a_file")
     path.write_text("not a folder")
@@ -127,6 +183,14 @@ FAULTS: dict[str, Callable[[Work], tuple[int, float, str]]] = {
     "resume with iterations <= the checkpoint's": lambda w: run([*RUN, *TINY, "iterations=4",
                                                                  f"ckpt_path={w.checkpoint()}", f"hydra.run.dir={w.path('again')}"]),
     "an empty file as ckpt_path": lambda w: empty_checkpoint(w),
+    "evaluate a checkpoint without its config.yaml": without_config,
+    "explore out=<an existing file>": lambda w: explore(w, "sample", f"out={a_file(w)}"),
+    "explore sample n=abc": lambda w: explore(w, "sample", "n=abc"),
+    "explore sample n=100000000": lambda w: explore(w, "sample", "n=100000000"),
+    "explore interpolate pairs=[[-1,2]]": lambda w: explore(w, "interpolate", "pairs=[[-1,2]]"),
+    "an npz that is a text file": text_npz,
+    "shared: 16-bit PNGs": sixteen_bit,
+    "shared: a complete cache on a read-only filesystem": read_only_cache,
     "Ctrl-C during training": lambda w: interrupt([*RUN, *TINY, "iterations=100000", f"hydra.run.dir={w.path('c1')}",
                                                    "callbacks.checkpoint.every_n_iterations=20"],
                                                   w.path("c1") / "checkpoints" / "last.ckpt", 1),
@@ -145,7 +209,7 @@ def main() -> None:
         work = Work(Path(tmp))
         rows = []
         for name, provoke in FAULTS.items():
-            if args.only not in name:
+            if args.only not in name or name.startswith("shared") and not SHARED.is_dir():
                 continue
             times, status, line = [], None, ""
             for _ in range(args.repeat if name.startswith("config") else 1):

@@ -173,20 +173,24 @@ def test_ctrl_c_saves_like_sigterm_and_the_run_resumes_bit_identical(tmp_path):
 
 
 def test_a_second_ctrl_c_exits_at_once_naming_what_is_not_saved(tmp_path):
-    slow = [*TINY, "iterations=100000", "data.image_size=64", "model.width=48", f"hydra.run.dir={tmp_path}",
-            "callbacks.checkpoint.every_n_iterations=2"]
-    proc = start(*slow)
+    slow = ("import sys, time, runpy; from vaegan.module import VAEGANModule; step = VAEGANModule.training_step; "
+            "VAEGANModule.training_step = lambda self, *a: (time.sleep(0.5), step(self, *a))[1]; "  # iterations of 0.5 s
+            "sys.argv = ['vaegan.run', *sys.argv[1:]]; runpy.run_module('vaegan.run', run_name='__main__')")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", slow, *TINY, "iterations=100000", f"hydra.run.dir={tmp_path}",
+                             "callbacks.checkpoint.every_n_iterations=2"], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     last = tmp_path / "checkpoints" / "last.ckpt"
     wait_for(last, proc)
     written = last.stat().st_mtime_ns
     proc.send_signal(signal.SIGINT)
-    time.sleep(0.02)  # well inside the iteration the first Ctrl-C waits for
+    time.sleep(0.1)  # well inside the iteration the first Ctrl-C waits for
     proc.send_signal(signal.SIGINT)
     code, err = finish(proc, timeout=30)
     lines = err.strip().splitlines()
     assert code == 128 + signal.SIGINT, err[-2000:]
     assert "press Ctrl-C again to exit at once without saving" in lines[-2]
-    assert lines[-1].startswith("Interrupted: second Ctrl-C, exited without saving: ")
+    assert lines[-1].startswith("Interrupted: second Ctrl-C, exited without saving: "), lines[-1]
     saved = torch.load(last, weights_only=True)["global_step"] // 3
     assert f"{last} holds iteration {saved}" in lines[-1] and last.stat().st_mtime_ns == written
     assert (tmp_path / "run.log").read_text().strip().splitlines()[-1] == lines[-1]

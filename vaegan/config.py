@@ -166,7 +166,8 @@ class LoggerConfig:
 class CheckpointConfig:
     every_n_iterations: int = 1000  # refreshes last.ckpt
     keep_every_n_iterations: int = 0  # also keep iter_XXXXXXX.ckpt copies at this interval (0 = never)
-    on_signals: list[str] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1", "SIGUSR2", "SIGINT"])  # save last.ckpt, stop (SIGINT: Ctrl-C)
+    # save last.ckpt and stop (SIGINT: Ctrl-C; a second one exits without saving)
+    on_signals: list[str] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1", "SIGUSR2", "SIGINT"])
 
 
 @dataclass

@@ -97,7 +97,8 @@ def _execute(cfg: DictConfig, out: Path) -> float | None:
     from vaegan.train import train
 
     failures = {ConfigError: "Config error", MisconfigurationException: "Config error", DataError: "Data error",
-                MetricsError: "Metrics error", CheckpointError: "Checkpoint error", run_lock.RunDirectoryInUse: "Run directory in use"}
+                MetricsError: "Metrics error", CheckpointError: "Checkpoint error",
+                run_lock.RunDirectoryInUse: "Run directory in use"}
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")  # Lightning internals
     try:
         hold(out, distributed.global_rank())
@@ -112,7 +113,7 @@ def _execute(cfg: DictConfig, out: Path) -> float | None:
         fail(f"Training diverged: {err}; {after_divergence(out)}")
     except tuple(failures) as err:
         prefix = next(name for kind, name in failures.items() if isinstance(err, kind))
-        fail(f"{prefix}: {str(err).strip().splitlines()[0] if prefix == 'Config error' else err}")
+        fail(f"{prefix}: {str(err).strip().splitlines()[0]}")  # Lightning's messages run to several lines
     except OSError as err:
         if err.filename is None:
             raise
