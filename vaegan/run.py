@@ -113,7 +113,8 @@ def _execute(cfg: DictConfig, out: Path) -> float | None:
         fail(f"Training diverged: {err}; {after_divergence(out)}")
     except tuple(failures) as err:
         prefix = next(name for kind, name in failures.items() if isinstance(err, kind))
-        fail(f"{prefix}: {str(err).strip().splitlines()[0]}")  # Lightning's messages run to several lines
+        text = str(err).strip().splitlines()[0] if isinstance(err, MisconfigurationException) else err  # Lightning's
+        fail(f"{prefix}: {text}")  # run to several lines; a missing dataset's shows the expected layout below its line
     except OSError as err:
         if err.filename is None:
             raise
