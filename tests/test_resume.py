@@ -196,9 +196,10 @@ def test_a_second_ctrl_c_exits_at_once_naming_what_is_not_saved(tmp_path):
     assert (tmp_path / "run.log").read_text().strip().splitlines()[-1] == lines[-1]
 
 
-def test_ctrl_c_before_training_starts(tmp_path):
+@pytest.mark.parametrize("delay", [0.1, 1.0])  # importing Hydra, importing torch and Lightning
+def test_ctrl_c_before_training_starts(tmp_path, delay):
     proc = start(*TINY, "iterations=100000", f"hydra.run.dir={tmp_path}")
-    time.sleep(1.0)  # importing torch and Lightning
+    time.sleep(delay)
     proc.send_signal(signal.SIGINT)
     code, err = finish(proc, timeout=30)
     assert code == 128 + signal.SIGINT

@@ -2,24 +2,35 @@
 
 from __future__ import annotations
 
-import logging
-import shutil
 import signal
 import sys
-import tempfile
-import warnings
-from pathlib import Path
-from typing import NoReturn
 
-import hydra
-from omegaconf import DictConfig
+NOTHING_SAVED = "Interrupted: Ctrl-C before training started; nothing was trained or saved"
 
-from vaegan import preflight, run_lock
-from vaegan.config import ConfigError, register_configs, validate
-from vaegan.messages import final_line
+
+def _stopped_while_importing(signum: int, frame: object) -> None:
+    print(NOTHING_SAVED, file=sys.stderr)
+    sys.exit(128 + signal.SIGINT)
+
+
+if __name__ == "__main__":  # a Ctrl-C while Hydra is imported gets the same line as later, not a traceback
+    signal.signal(signal.SIGINT, _stopped_while_importing)
+
+import logging  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+import warnings  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import NoReturn  # noqa: E402
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from vaegan import preflight, run_lock  # noqa: E402
+from vaegan.config import ConfigError, register_configs, validate  # noqa: E402
+from vaegan.messages import final_line  # noqa: E402
 
 log = logging.getLogger(__name__)
-NOTHING_SAVED = "Interrupted: Ctrl-C before training started; nothing was trained or saved"
 
 register_configs()
 
@@ -50,6 +61,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
 
 def main() -> None:
     """Checks the command line first (each problem in one line, well under a second), then runs Hydra."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # from here on Ctrl-C raises KeyboardInterrupt
     try:
         preflight.check(sys.argv[1:])
     except ConfigError as err:
