@@ -6,13 +6,13 @@ type fails while the config is composed, before anything trains, with the key's 
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 from dataclasses import dataclass, field
-from typing import Any, Optional, get_args, get_type_hints
+from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+
+from vaegan.schema_keys import unknown_keys
 
 KL_REDUCTIONS = ("elbo", "mean", "sum_latent")  # model.kl_reduction (vaegan.losses.kl_loss)
 
@@ -272,77 +272,6 @@ def register_configs() -> None:
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
 
 
-def _schema_of(annotation: Any) -> type | None:
-    """The dataclass of a field typed ``X`` or ``Optional[X]``; None for a plain value."""
-    if dataclasses.is_dataclass(annotation):
-        return annotation
-    return next((arg for arg in get_args(annotation) if dataclasses.is_dataclass(arg)), None)
-
-
-def unknown_key(path: str, schema: type = None) -> str | None:
-    """None when the dotted ``path`` is a key of the schema (TrainConfig); otherwise the message,
-    with the closest key's name. Keys below an untyped value (``Any``) are not checked."""
-    schema = schema or TrainConfig
-    parts = path.split(".")
-    for depth, part in enumerate(parts):
-        fields = get_type_hints(schema)
-        if part not in fields:
-            parent = ".".join(parts[:depth])
-            close = difflib.get_close_matches(part, fields, n=1)
-            hint = f"; did you mean {'.'.join([*parts[:depth], close[0]])}?" if close else ""
-            where = f"no key {part!r} in {parent}" if parent else f"no top-level key {part!r}"
-            return f"{path}: {where}{hint} (python -m vaegan.run --cfg job prints every key)"
-        schema = _schema_of(fields[part])
-        if schema is None:
-            return None
-    return None
-
-
-def leaf_type(path: str) -> Any:
-    """The annotation of the schema's key ``path`` (None when it is not a plain value's key)."""
-    schema, parts = TrainConfig, path.split(".")
-    for part in parts[:-1]:
-        schema = _schema_of(get_type_hints(schema).get(part))
-        if schema is None:
-            return None
-    annotation = get_type_hints(schema).get(parts[-1])
-    return None if annotation is None or _schema_of(annotation) is not None else annotation
-
-
-TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
-
-
-def wrong_type(path: str, value: Any) -> str | None:
-    """Why ``value`` cannot be the schema's key ``path`` (e.g. data.batch_size=many); None when it can."""
-    annotation = leaf_type(path)
-    args = get_args(annotation)
-    optional = type(None) in args
-    kind = next((a for a in args if a is not type(None)), annotation) if optional else annotation
-    if value is None:
-        return None if optional or kind is Any else f"{path}=null: must be {TYPE_NAMES.get(kind, 'set')}"
-    ok = {int: lambda v: isinstance(v, int) and not isinstance(v, bool),
-          float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-          bool: lambda v: isinstance(v, bool)}.get(kind)
-    if ok is None or ok(value):
-        return None
-    return f"{path}={value}: must be {TYPE_NAMES[kind]}{' or null' if optional else ''}"
-
-
-def unknown_keys(cfg: DictConfig, schema: type = None, prefix: str = "") -> list[str]:
-    """The message of each key of ``cfg`` that the schema does not have (e.g. added with ``+``)."""
-    schema = schema or TrainConfig
-    fields, found = get_type_hints(schema), []
-    for key in cfg:
-        path = f"{prefix}{key}"
-        if key not in fields:
-            found.append(unknown_key(path))
-            continue
-        sub, value = _schema_of(fields[key]), cfg.get(key)
-        if sub is not None and isinstance(value, DictConfig):
-            found += unknown_keys(value, sub, f"{path}.")
-    return found
-
-
 def _require(ok: bool, key: str, value: Any, rule: str) -> None:
     if not ok:
         raise ConfigError(f"{key}={value!r}: {rule}")
@@ -351,7 +280,7 @@ def _require(ok: bool, key: str, value: Any, rule: str) -> None:
 def validate(cfg: DictConfig) -> None:
     """Checks of values whose type alone is not enough; raises ConfigError naming the key."""
     m, d, c = cfg.model, cfg.data, cfg.model.controller
-    unknown = unknown_keys(cfg)
+    unknown = unknown_keys(cfg, TrainConfig)
     if unknown:
         raise ConfigError("; ".join(unknown))
     _require(cfg.iterations > 0, "iterations", cfg.iterations, "must be a positive number of iterations")

@@ -13,7 +13,6 @@ import json
 import os
 import re
 import sys
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from vaegan.config import ConfigError, TrainConfig, register_configs, validate
-from vaegan.files import write_atomic
+from vaegan.files import unwritable, write_atomic
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 USAGE = """usage: python -m vaegan.evaluate ckpt_path=<run dir>/checkpoints/last.ckpt [key=value ...]
@@ -112,20 +111,6 @@ def without_run_config(composed: DictConfig, parsed: list, saved: Path) -> DictC
         raise ConfigError(f"{getattr(err, 'full_key', None) or 'config'}: {str(err).splitlines()[0]}; "
                           "give it on the command line") from None
     return composed
-
-
-def unwritable(folder: Path) -> str | None:
-    """Why files cannot be written into ``folder`` (made when missing), or None when they can."""
-    existing = folder
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        return f"{existing} is a file, not a folder"
-    try:
-        tempfile.NamedTemporaryFile(dir=existing, prefix=".vaegan-probe-").close()
-    except OSError as err:
-        return f"{existing} is not writable ({err.strerror or err})"
-    return None
 
 
 def write_metrics(run_dir: Path, record: dict) -> Path:

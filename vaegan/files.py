@@ -8,6 +8,25 @@ from pathlib import Path
 from typing import Callable
 
 
+def nearest_existing(path: Path) -> Path:
+    """``path``, or the closest of its ancestors that exists."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def unwritable(folder: Path) -> str | None:
+    """Why files cannot be written into ``folder`` (made when missing), or None when they can."""
+    existing = nearest_existing(Path(folder))
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    try:
+        tempfile.NamedTemporaryFile(dir=existing, prefix=".vaegan-probe-").close()
+    except OSError as err:
+        return f"{existing} is not writable ({err.strerror or err})"
+    return None
+
+
 def write_atomic(path: Path, write: Callable[[Path], object]) -> Path:
     """Calls ``write(tmp_path)`` on a temporary file next to ``path``, then renames it into place;
     on any error the temporary file is removed and an existing ``path`` is left as it was."""

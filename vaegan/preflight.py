@@ -4,14 +4,15 @@ or is in use. Each problem is one ConfigError line naming the argument and the f
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import OverrideParseException
 
 from vaegan import run_lock
-from vaegan.config import ConfigError, unknown_key, wrong_type
+from vaegan.config import ConfigError, TrainConfig
+from vaegan.files import nearest_existing, unwritable
+from vaegan.schema_keys import unknown_key, wrong_type
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 TAKES_VALUE = ("--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--experimental-rerun",
@@ -64,8 +65,8 @@ def key_error(override: str) -> str | None:
     if "." not in key and (CONF / key).is_dir():  # a config group: model=began, +experiment=celeba64
         return None if parsed.is_delete() or parsed.is_sweep_override() else option_error(key, parsed.value())
     if parsed.is_delete() or parsed.is_sweep_override():
-        return unknown_key(key)
-    return unknown_key(key) or wrong_type(key, parsed.value())
+        return unknown_key(key, TrainConfig)
+    return unknown_key(key, TrainConfig) or wrong_type(key, parsed.value(), TrainConfig)
 
 
 def option_error(group: str, value: object) -> str | None:
@@ -83,12 +84,10 @@ def check_writable(run_dir: str) -> str | None:
     path = Path(run_dir).expanduser()
     if path.exists() and not path.is_dir():
         return f"hydra.run.dir={run_dir}: is an existing file; name a folder (it is created if needed)"
-    existing = path
-    while not existing.exists():
-        existing = existing.parent
+    existing = nearest_existing(path)
     if not existing.is_dir():
         return f"hydra.run.dir={run_dir}: {existing} is a file, so no folder can be made below it; name another folder"
-    if not os.access(existing, os.W_OK | os.X_OK):
+    if unwritable(existing):
         return f"hydra.run.dir={run_dir}: cannot write in {existing} (read-only or no permission); name a writable folder"
     return None
 
@@ -108,7 +107,7 @@ def check(argv: list[str]) -> None:
     run_dir = next((o.partition("=")[2] for o in reversed(overrides)  # Hydra applies the last one
                     if o.partition("=")[0].lstrip("+") == "hydra.run.dir"), None)
     if run_dir is None:
-        if not os.access(Path.cwd(), os.W_OK | os.X_OK):
+        if unwritable(Path.cwd()):
             raise ConfigError(f"runs are written under outputs/ in the current folder {Path.cwd()}, which cannot be "
                               "written; run from a writable folder or set hydra.run.dir")
         return

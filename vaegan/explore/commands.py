@@ -17,9 +17,9 @@ from torchvision.utils import save_image
 from vaegan import classifier, latent, panels
 from vaegan.config import ConfigError, validate
 from vaegan.data.transforms import to_model_input
-from vaegan.evaluate import compose_config, load_checkpoint, run_dir_of, unwritable
+from vaegan.evaluate import compose_config, load_checkpoint, run_dir_of
 from vaegan.explore.options import COMMON, NEEDS_ENCODER, OPTIONS_OF, ExploreError, Options
-from vaegan.files import write_atomic, write_npz
+from vaegan.files import unwritable, write_atomic, write_npz
 
 
 MAX_PICTURE_BYTES = 256 * 2**20  # a grid is drawn in float32 RGB, then copied a few times on its way to PNG
