@@ -1,5 +1,5 @@
 """The full model's iteration written the straightforward way, in plain PyTorch: the reference
-that ``bench_step.py`` measures the framework against and ``tests/test_step.py`` checks it with.
+that ``bench_step.py`` measures the framework against and ``tests/training/test_step.py`` checks it with.
 
 Same networks, losses and noise as ``vaegan`` (Algorithm 1, all gradients taken before any
 step), but done as one would at first: the discriminator's loss is computed again on detached
@@ -13,9 +13,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from vaegan import losses
-from vaegan.controller import PIDController
-from vaegan.networks import Decoder, Discriminator, VAEEncoder
+from vaegan.models import losses
+from vaegan.models.controller import PIDController
+from vaegan.models.networks import Decoder, Discriminator, VAEEncoder
 
 
 class NaiveVAEGAN:

@@ -38,11 +38,11 @@ from torch.utils.checkpoint import checkpoint, checkpoint_sequential
 from torch.utils.flop_counter import FlopCounterMode
 
 from baseline import NaiveVAEGAN  # experiments/baseline.py (this script runs from experiments/)
-from vaegan import performance, train
+from vaegan.training import performance, train
 from vaegan.config import register_configs
-from vaegan.controller import PIDController
-from vaegan.module import VAEGANModule
-from vaegan.performance import bf16_is_fast
+from vaegan.models.controller import PIDController
+from vaegan.models.module import VAEGANModule
+from vaegan.training.performance import bf16_is_fast
 
 ROOT = Path(__file__).resolve().parents[1]
 # The experiments' shapes: 32x32 (cifar10, table1), 64x64 (celeba64), 128x128 (celeba128).
@@ -100,7 +100,7 @@ class Bare:
 
 
 class Framework:
-    """``vaegan.train.train`` of a composed config, in a thread that waits for its turn at each batch."""
+    """``vaegan.training.train.train`` of a composed config, in a thread that waits for its turn at each batch."""
 
     def __init__(self, overrides: list[str]):
         register_configs()

@@ -1,4 +1,4 @@
-"""In-training evaluation under DDP on two CPU processes, launched by tests/test_metrics_callback.py:
+"""In-training evaluation under DDP on two CPU processes, launched by tests/metrics/test_callback.py:
 
     python -m torch.distributed.run --nproc_per_node=2 tests/ddp_evaluation.py <out dir> <extractor .pt>
 
@@ -8,7 +8,7 @@ how often it called ``evaluate_generator`` (only rank 0 should) and its callback
 The script uses a minimal LightningModule with what ``EvaluationCallback`` needs: ``generator``
 (z -> images in [-1, 1]), ``hparams.latent_dim`` and ``iteration`` (tests/ddp_training.py trains
 VAEGANModule itself under DDP). The datamodule shards batches by rank itself, hence
-``use_distributed_sampler=False``, as in vaegan.train.
+``use_distributed_sampler=False``, as in vaegan.training.train.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
-"""Training under DDP on two CPU processes, launched by tests/test_distributed.py:
+"""Training under DDP on two CPU processes, launched by tests/training/test_distributed.py:
 
     python -m torch.distributed.run --nproc_per_node=2 tests/ddp_training.py <out dir> [overrides ...]
 
-Each rank trains the composed config with the real ``vaegan.train.train`` and writes
+Each rank trains the composed config with the real ``vaegan.training.train.train`` and writes
 ``<out dir>/rank<r>.pt``: k and the controller's state after every iteration, and its final
 weights and optimizer states, so the test can check that the ranks agree at every step.
 """
@@ -19,10 +19,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import vaegan.train as train_module  # noqa: E402
+import vaegan.training.train as train_module  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from vaegan.config import register_configs  # noqa: E402
-from vaegan.controller import EquilibriumCallback  # noqa: E402
+from vaegan.models.controller import EquilibriumCallback  # noqa: E402
 
 
 class RankRecorder(L.Callback):

@@ -30,7 +30,7 @@ ITERATIONS = 4
 
 def trained(tmp_path_factory, name: str, overrides: list[str]) -> Path:
     """The run directory of a tiny run on the digits with ``overrides``."""
-    from vaegan.train import train
+    from vaegan.training.train import train
 
     torch.set_grad_enabled(True)
     out = tmp_path_factory.mktemp(name)
@@ -311,7 +311,7 @@ def test_no_metrics_to_compute_is_refused(began_run, fast, capsys):
 def test_inception_offline_fails_fast_and_says_where_to_put_the_weights(run, tmp_path, refcache):
     from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 
-    from vaegan.data.download import reachable
+    from vaegan.utils.download import reachable
 
     if reachable(URL_INCEPTION_V3, 3) is None:
         pytest.skip("the Inception weights' host is reachable: this test needs an offline machine")

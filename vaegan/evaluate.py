@@ -23,9 +23,9 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from vaegan.config import ConfigError, TrainConfig, register_configs, validate
-from vaegan.files import unwritable, write_atomic
+from vaegan.config.schema import CONF_DIR
+from vaegan.utils.files import unwritable, write_atomic
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 USAGE = """usage: python -m vaegan.evaluate ckpt_path=<run dir>/checkpoints/last.ckpt [key=value ...]
 
 Computes IS (with inception-v3-compat), FID and KID of the checkpoint's generator against its
@@ -43,7 +43,7 @@ def compose_config(overrides: list[str]) -> tuple[DictConfig, Path]:
     """The run's saved config with ``overrides`` applied key by key (checked against the schema)."""
     register_configs()
     try:
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             composed = compose("train", overrides=overrides)
         parsed = OverridesParser.create().parse_overrides(overrides)
     except (HydraException, OmegaConfBaseException) as err:
@@ -132,7 +132,7 @@ def write_metrics(run_dir: Path, record: dict) -> Path:
 def load_checkpoint(cfg: DictConfig, ckpt: Path, device):
     """The checkpoint's model (read with ``weights_only=True``) and iteration, checked against the
     data settings of ``cfg``; ConfigError names any mismatch."""
-    from vaegan.module import VAEGANModule
+    from vaegan.models.module import VAEGANModule
 
     try:
         module, iteration = VAEGANModule.from_checkpoint(ckpt, device)
@@ -156,7 +156,7 @@ def evaluate(cfg: DictConfig, ckpt: Path) -> tuple[dict, Path]:
 
     from vaegan.metrics import evaluate_generator
     from vaegan.metrics.settings import evaluation_kwargs, extractor_from, resolve_device
-    from vaegan.train import build_datamodule_from
+    from vaegan.training.train import build_datamodule_from
 
     validate(cfg)
     run_dir = run_dir_of(ckpt)

@@ -26,9 +26,11 @@ from typing import NoReturn  # noqa: E402
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from vaegan import preflight, run_lock  # noqa: E402
+from vaegan.config import preflight  # noqa: E402
+
+from vaegan.training import run_lock
 from vaegan.config import ConfigError, register_configs, validate  # noqa: E402
-from vaegan.messages import final_line  # noqa: E402
+from vaegan.utils.messages import final_line  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -100,13 +102,13 @@ def execute(cfg: DictConfig) -> float | None:
 def _execute(cfg: DictConfig, out: Path) -> float | None:
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
-    from vaegan import distributed  # imported here, like train, so that --help and config errors stay fast
-    from vaegan.callbacks import Interrupted
-    from vaegan.checkpoints import CheckpointError
+    from vaegan.training import distributed  # imported here, like train, so that --help and config errors stay fast
+    from vaegan.training.callbacks import Interrupted
+    from vaegan.training.checkpoints import CheckpointError
     from vaegan.data import DataError
-    from vaegan.guard import DivergenceError
+    from vaegan.training.guard import DivergenceError
     from vaegan.metrics import MetricsError
-    from vaegan.train import train
+    from vaegan.training.train import train
 
     failures = {ConfigError: "Config error", MisconfigurationException: "Config error", DataError: "Data error",
                 MetricsError: "Metrics error", CheckpointError: "Checkpoint error",

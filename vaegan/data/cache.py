@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import hashlib
 import json
 import multiprocessing as mp
 import os
@@ -45,6 +44,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from vaegan.data.errors import DataError
 from vaegan.data.sources import Source
+from vaegan.utils.hashing import digest
 
 VERSION = 2  # bump when the transform or the file format changes (2: 16-bit and transparent images)
 CHUNK_ROWS = 256  # images per work item and per CRC
@@ -75,10 +75,6 @@ def cache_key(source: Source, size: int, channels: int) -> dict:
     transform = f"CenterCrop({source.crop or 'shorter side'}) + Resize({size}) bilinear, PIL {PIL.__version__}"
     return {"version": VERSION, "source": source.name, "location": source.location(), "size": size,
             "channels": channels, "transform": transform, "content": source.fingerprint()}
-
-
-def digest(key: dict) -> str:
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
 def cache_dir_for(cache_root: Path, key: dict) -> Path:

@@ -21,17 +21,12 @@ from PIL import Image
 
 from vaegan.data.errors import DataError
 from vaegan.data.transforms import crop_and_resize
+from vaegan.utils.hashing import sha256_file
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 PARTITIONS = {"train": 0, "valid": 1, "test": 2}
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def file_list_digest(root: Path, names: list[str]) -> str:

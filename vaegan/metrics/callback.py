@@ -12,11 +12,11 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
-from vaegan.checkpoints import save_checkpoint_atomically
+from vaegan.training.checkpoints import save_checkpoint_atomically
 from vaegan.metrics.extractors import Extractor
 from vaegan.metrics.fidelity import evaluate_generator
 from vaegan.metrics.latent_use import LatentUse, latent_use
-from vaegan.panels import evaluating
+from vaegan.latent.panels import evaluating
 
 log = logging.getLogger(__name__)
 

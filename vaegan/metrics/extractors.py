@@ -21,8 +21,8 @@ from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3, Featu
 from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 
-from vaegan.data.download import reachable
-from vaegan.data.sources import sha256_file
+from vaegan.utils.download import reachable
+from vaegan.utils.hashing import sha256_file
 
 INCEPTION = "inception-v3-compat"
 TORCHSCRIPT = "torchscript-inception"

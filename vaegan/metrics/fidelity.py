@@ -28,7 +28,7 @@ from torch_fidelity.metric_prc import KEY_METRIC_PRECISION, KEY_METRIC_RECALL, p
 
 from vaegan.data.datamodules import ArrayDataModule
 from vaegan.data.transforms import to_model_input, to_uint8
-from vaegan.files import write_npz
+from vaegan.utils.files import write_npz
 from vaegan.metrics.extractors import Extractor, MetricsError
 from vaegan.metrics.latent_use import latent_use
 from vaegan.metrics.protocol import Protocol

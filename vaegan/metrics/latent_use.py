@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
-from vaegan.losses import kl_per_image
+from vaegan.models.losses import kl_per_image
 
 DATA_RANGE = 2.0  # images live in [-1, 1]
 ACTIVE_THRESHOLD = 0.01  # Burda et al. 2016: a unit is active when Var_x(E_q[z_u]) > 0.01

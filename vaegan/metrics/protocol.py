@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
-from vaegan.data.cache import digest
+from vaegan.utils.hashing import digest
 
 # Fields the generated side alone depends on: changing them does not change the reference features,
 # so in-training evaluation (a few thousand samples) and the final one (50,000) share them.

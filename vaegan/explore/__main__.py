@@ -1,5 +1,0 @@
-import sys
-
-from vaegan.explore import main
-
-sys.exit(main())
