@@ -25,10 +25,9 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from lightning.pytorch.strategies import DDPStrategy
-from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 from torch import Tensor
 
+from vaegan import compat
 from vaegan.training import run_lock
 
 LAUNCH_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE", "RANK")
@@ -70,7 +69,7 @@ def any_rank(flag: bool, device: torch.device) -> bool:
     return bool(value.item())
 
 
-class ConfigLauncher(_SubprocessScriptLauncher):
+class ConfigLauncher(compat.SubprocessLauncher):
     """Lightning's subprocess launcher, starting ranks 1..N-1 from the run's resolved config."""
 
     def __init__(self, *args, config_file: Path, **kwargs):
@@ -78,8 +77,7 @@ class ConfigLauncher(_SubprocessScriptLauncher):
         self.config_file = Path(config_file)
         self.saved_environment: dict[str, str | None] = {}
 
-    def _call_children_scripts(self) -> None:
-        self._check_can_spawn_children()
+    def start_children(self) -> None:
         self.saved_environment = {key: os.environ.get(key) for key in LAUNCH_VARIABLES}
         env = self.cluster_environment
         node_rank = env.node_rank()
@@ -101,16 +99,15 @@ class ConfigLauncher(_SubprocessScriptLauncher):
         self.saved_environment = {}
 
 
-class ManualDDPStrategy(DDPStrategy):
+class ManualDDPStrategy(compat.LauncherDDPStrategy):
     """DDP without the DistributedDataParallel wrapper: the module averages its own gradients."""
 
     def __init__(self, config_file: Path, **kwargs):
         super().__init__(**kwargs)
         self.config_file = config_file
 
-    def _configure_launcher(self) -> None:
-        self._launcher = ConfigLauncher(self.cluster_environment, self.num_processes, self.num_nodes,
-                                        config_file=self.config_file)
+    def make_launcher(self) -> ConfigLauncher:
+        return ConfigLauncher(self.cluster_environment, self.num_processes, self.num_nodes, config_file=self.config_file)
 
     def configure_ddp(self) -> None:
         """Every rank starts from rank 0's weights (they already agree when seeded alike)."""
@@ -118,12 +115,12 @@ class ManualDDPStrategy(DDPStrategy):
             dist.broadcast(tensor.data, src=0)
         # Lightning's loop broadcasts its SIGTERM flag before every batch (and waits for it);
         # PreemptionCheckpoint handles the signals instead, so the flag is always 0.
-        self.lightning_module.trainer.fit_loop.epoch_loop._broadcast_sigterm_tensor = lambda: None
+        compat.disable_sigterm_broadcast(self.lightning_module.trainer)
 
     def teardown(self) -> None:
         super().teardown()
-        if isinstance(self._launcher, ConfigLauncher):
-            self._launcher.restore_environment()
+        if isinstance(self.launcher, ConfigLauncher):
+            self.launcher.restore_environment()
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()  # the next job of a multirun builds its own group
 
