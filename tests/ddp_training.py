@@ -22,7 +22,7 @@ if str(ROOT) not in sys.path:
 import vaegan.training.train as train_module  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from vaegan.config import register_configs  # noqa: E402
-from vaegan.models.controller import EquilibriumCallback  # noqa: E402
+from vaegan.models.controller import PIDUpdate  # noqa: E402
 
 
 class RankRecorder(L.Callback):
@@ -30,7 +30,7 @@ class RankRecorder(L.Callback):
         self.out, self.history = out, []
 
     def on_train_batch_end(self, trainer, pl_module, *args) -> None:
-        controller = next(c for c in trainer.callbacks if isinstance(c, EquilibriumCallback)).controller
+        controller = next(c for c in trainer.callbacks if isinstance(c, PIDUpdate)).controller
         self.history.append({"iteration": pl_module.iteration, **controller.state_dict()})
 
     def on_train_end(self, trainer, pl_module) -> None:

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from vaegan.models.controller import EquilibriumCallback, PIDController
+from vaegan.models.controller import PIDController, PIDUpdate
 
 
 def test_constant_error_ramps_k_linearly():
@@ -27,7 +27,7 @@ def test_full_pid_update_by_hand():
     assert c.update(e[2]) == pytest.approx(k)
     k += 0.1 * e[3] + 0.2 * (e[3] - e[2]) + 0.3 * (e[3] - 2 * e[2] + e[1])
     assert c.update(e[3]) == pytest.approx(k)
-    assert c.terms["D"] == pytest.approx(0.3 * (e[3] - 2 * e[2] + e[1]))
+    assert c.pid_terms["D"] == pytest.approx(0.3 * (e[3] - 2 * e[2] + e[1]))
 
 
 def test_k_is_clamped_to_unit_interval():
@@ -76,8 +76,8 @@ def test_bad_settings_name_the_key():
 
 
 def controller_devices(controller: PIDController) -> set[str]:
-    return {str(t.device) for t in (controller.k, controller.window, controller.seen, controller.history,
-                                    controller._terms)}
+    return {str(t.device) for t in (controller.k, controller.window, controller.num_errors, controller.history,
+                                    controller._pid_terms)}
 
 
 def test_fit_start_puts_the_controller_on_the_modules_device_and_a_restore_keeps_it():
@@ -86,7 +86,7 @@ def test_fit_start_puts_the_controller_on_the_modules_device_and_a_restore_keeps
     a = PIDController(ki=0.01, kp=0.02, kd=0.03, smoothing=3)
     for e in [0.5, 0.1]:
         a.update(e)
-    callback = EquilibriumCallback(ki=0.01, kp=0.02, kd=0.03, smoothing=3)
+    callback = PIDUpdate(ki=0.01, kp=0.02, kd=0.03, smoothing=3)
     callback.load_state_dict(a.state_dict())
     callback.on_fit_start(None, SimpleNamespace(device=torch.device("meta")))
     assert controller_devices(callback.controller) == {"meta"}

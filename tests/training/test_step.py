@@ -13,7 +13,7 @@ from experiments.baseline import NaiveVAEGAN
 from tests.conftest import TINY
 from vaegan.training import performance
 from vaegan.config import ConfigError, validate
-from vaegan.models.controller import EquilibriumCallback
+from vaegan.models.controller import PIDUpdate
 from vaegan.models.module import VAEGANModule
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -30,7 +30,7 @@ def trained(options: performance.Performance, precision: str = "32-true", log_ev
     torch.manual_seed(0)
     module = VAEGANModule(**SHAPE, lr=1e-3, seed=5)
     module.performance = options  # applied by on_fit_start
-    controller = EquilibriumCallback(**GAINS)
+    controller = PIDUpdate(**GAINS)
     trainer = L.Trainer(
         accelerator="cpu", max_steps=iterations * 3, logger=False, enable_checkpointing=False, precision=precision,
         enable_progress_bar=False, enable_model_summary=False, callbacks=[controller, *callbacks],
@@ -117,6 +117,7 @@ def test_each_option_gives_the_baseline_gradients_up_to_rounding(options, precis
         assert ((ours - theirs).norm() / theirs.norm()).item() < tolerance
 
 
+@pytest.mark.slow
 def test_compiled_networks_train_and_keep_their_checkpoint_keys():
     module, k = trained(performance.Performance(compile="default"))
     assert all(name.startswith(("encoder.", "generator.", "discriminator.")) and "_orig_mod" not in name
@@ -172,7 +173,7 @@ class CountReads(L.Callback):
 
 
 def test_no_value_is_read_from_the_device_between_logging_iterations():
-    count = CountReads()  # after EquilibriumCallback: its start hook has run, its end hook is counted
+    count = CountReads()  # after PIDUpdate: its start hook has run, its end hook is counted
     trained(performance.Performance(), log_every=2, callbacks=[count])
     assert count.reads[1] == 0 and count.reads[3] == 0
     assert count.reads[2] > 0  # a logging iteration reads the losses, and the check can see reads
@@ -194,7 +195,7 @@ class OneDevicePerOp(TorchDispatchMode):
         return out
 
 
-def on_meta(options: performance.Performance) -> tuple[VAEGANModule, EquilibriumCallback]:
+def on_meta(options: performance.Performance) -> tuple[VAEGANModule, PIDUpdate]:
     """The full model (with EMA and the plateau decay) on the meta device, as at fit start, and its
     controller's callback. Nothing has a value there, so on a CPU-only machine any tensor created
     without the model's device stands out as a second device. No trainer: optimizers, backward
@@ -209,7 +210,7 @@ def on_meta(options: performance.Performance) -> tuple[VAEGANModule, Equilibrium
     # torch.Generator has no meta device; draw_noise itself draws on the model's device
     module.draw_noise = lambda n, iteration: {name: torch.randn(n, SHAPE["latent_dim"], device="meta")
                                               for name in ("eps", "z_g")}
-    callback = EquilibriumCallback(**GAINS)
+    callback = PIDUpdate(**GAINS)
     callback.on_fit_start(None, module)
     return module, callback
 

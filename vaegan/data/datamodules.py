@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from vaegan.config.schema import DataConfig, TrainConfig
 from vaegan.data.cache import ImageArrays, load_or_build
 from vaegan.data.errors import DataError
 from vaegan.data.sources import PARTITIONS, CelebASource, CIFAR10Source, FolderSource, NpzSource, Source
@@ -123,9 +124,11 @@ class IterationDataLoader(DataLoader):
 class ArrayDataModule(L.LightningDataModule):
     """Splits, loaders and the on-device transform, for any source loaded as ``ImageArrays``."""
 
-    def __init__(self, batch_size: int = 16, image_size: int = 32, channels: int = 3, num_workers: int = 0,
-                 val_fraction: float = 0.1, seed: int = 0, flip: bool = False, train_split: str = "train",
-                 split_seed: int = 0, worker_timeout: float = 120.0):
+    def __init__(self, batch_size: int = DataConfig.batch_size, image_size: int = DataConfig.image_size,
+                 channels: int = DataConfig.channels, num_workers: int = DataConfig.num_workers,
+                 val_fraction: float = DataConfig.val_fraction, seed: int = TrainConfig.seed, flip: bool = DataConfig.flip,
+                 train_split: str = DataConfig.train_split, split_seed: int = DataConfig.split_seed,
+                 worker_timeout: float = DataConfig.worker_timeout):
         """``seed`` (the run's) seeds the flips; ``split_seed`` the held-out split of sources without
         a partition, apart from the run's seed so that every seed of a sweep trains on, and is
         evaluated against, the same images. ``worker_timeout``: seconds a worker may take for one
@@ -240,8 +243,9 @@ class ArrayDataModule(L.LightningDataModule):
 class CachedDataModule(ArrayDataModule):
     """A source on disk, decoded once into the cache (built in ``prepare_data``, on one process per node)."""
 
-    def __init__(self, root: str | None = None, cache_dir: str | None = None, cache_workers: int | None = None,
-                 on_bad_image: str = "error", **kwargs):
+    def __init__(self, root: str | None = DataConfig.root, cache_dir: str | None = DataConfig.cache_dir,
+                 cache_workers: int | None = DataConfig.cache_workers, on_bad_image: str = DataConfig.on_bad_image,
+                 **kwargs):
         super().__init__(**kwargs)
         if on_bad_image not in ("error", "skip"):
             raise DataError(f"data.on_bad_image={on_bad_image!r}: use error or skip")
@@ -257,7 +261,7 @@ class CachedDataModule(ArrayDataModule):
 
     def load(self) -> ImageArrays:
         if self.root is None:
-            raise DataError(f"data.root is not set: point it at the {self.source_name} data (see the README's Data section)")
+            raise DataError(f"data.root is not set: point it at the {self.source_name} data (see docs/data.md)")
         return load_or_build(self.source(), self.image_size, self.channels, self.cache_dir, self.cache_workers, self.on_bad_image)
 
     @property
@@ -266,16 +270,17 @@ class CachedDataModule(ArrayDataModule):
 
 
 class CelebADataModule(CachedDataModule):
-    def __init__(self, crop: int | None = 178, verify_checksums: bool = False, **kwargs):
+    def __init__(self, crop: int | None = DataConfig.crop, verify_checksums: bool = DataConfig.verify_checksums, **kwargs):
         super().__init__(**kwargs)
-        self.crop, self.verify_checksums = crop or 178, verify_checksums
+        self.crop, self.verify_checksums = crop or 178, verify_checksums  # None: CelebA's 178 (conf/data/celeba.yaml)
 
     def source(self) -> Source:
         return CelebASource(self.root, self.crop, self.verify_checksums)
 
 
 class CIFAR10DataModule(CachedDataModule):
-    def __init__(self, download: bool = False, verify_checksums: bool = False, **kwargs):
+    def __init__(self, download: bool = DataConfig.download, verify_checksums: bool = DataConfig.verify_checksums,
+                 **kwargs):
         super().__init__(**kwargs)
         self.download, self.verify_checksums = download, verify_checksums
 
@@ -284,7 +289,7 @@ class CIFAR10DataModule(CachedDataModule):
 
 
 class FolderDataModule(CachedDataModule):
-    def __init__(self, crop: int | None = None, **kwargs):
+    def __init__(self, crop: int | None = DataConfig.crop, **kwargs):
         super().__init__(**kwargs)
         self.crop = crop
 
@@ -320,7 +325,7 @@ class DigitsDataModule(ArrayDataModule):
 class SyntheticDataModule(ArrayDataModule):
     """``length`` images of uniform uint8 noise from a seed: no I/O, for smoke tests and benchmarks."""
 
-    def __init__(self, length: int = 1024, **kwargs):
+    def __init__(self, length: int = DataConfig.length, **kwargs):
         super().__init__(**kwargs)
         self.length = length
 

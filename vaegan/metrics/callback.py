@@ -12,6 +12,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
+from vaegan.config.schema import EvaluationConfig, LatentUseConfig
 from vaegan.training.checkpoints import save_checkpoint_atomically
 from vaegan.metrics.extractors import Extractor
 from vaegan.metrics.fidelity import evaluate_generator
@@ -31,8 +32,8 @@ class EvaluationCallback(L.Callback):
     other ranks wait in the broadcast of its values, so every rank logs and decides the same.
     """
 
-    def __init__(self, extractor: Extractor, dirpath: str | Path, every_n_iterations: int, keep_best: bool = True,
-                 **evaluation_kwargs: Any):
+    def __init__(self, extractor: Extractor, dirpath: str | Path, every_n_iterations: int,
+                 keep_best: bool = EvaluationConfig.keep_best, **evaluation_kwargs: Any):
         self.extractor, self.dirpath = extractor, Path(dirpath)
         self.every, self.keep_best = every_n_iterations, keep_best
         self.kwargs = evaluation_kwargs
@@ -91,8 +92,10 @@ class LatentUseMonitor(L.Callback):
     same weights, so all of them decide alike.
     """
 
-    def __init__(self, every_n_iterations: int, num_images: int = 256, warn_after: int = 1000,
-                 min_kl_nats: float = 10.0, min_psnr_gain_db: float = 3.0, stop_if_collapsed: bool = False):
+    def __init__(self, every_n_iterations: int, num_images: int = LatentUseConfig.num_images,
+                 warn_after: int = LatentUseConfig.warn_after, min_kl_nats: float = LatentUseConfig.min_kl_nats,
+                 min_psnr_gain_db: float = LatentUseConfig.min_psnr_gain_db,
+                 stop_if_collapsed: bool = LatentUseConfig.stop_if_collapsed):
         self.every, self.num_images, self.warn_after = every_n_iterations, num_images, warn_after
         self.min_kl_nats, self.min_psnr_gain_db, self.stop_if_collapsed = min_kl_nats, min_psnr_gain_db, stop_if_collapsed
         self.x: torch.Tensor | None = None
@@ -130,6 +133,6 @@ class LatentUseMonitor(L.Callback):
             fix = (f"set model.kl_reduction=elbo (now {reduction})" if reduction != "elbo" else
                    f"raise model.gamma (now {pl_module.hparams.get('gamma')}) or set model.free_nats")
             log.warning(f"the VAE's posterior carries almost nothing at iteration {it} ({reason}): its latent code is "
-                        f"not used; {fix} (README, The loss convention)")
+                        f"not used; {fix} (docs/model.md, The loss convention)")
             self._warned = True
         return use

@@ -21,6 +21,7 @@ from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3, Featu
 from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 
+from vaegan.config.schema import MetricsConfig
 from vaegan.utils.download import reachable
 from vaegan.utils.hashing import sha256_file
 
@@ -65,10 +66,10 @@ def download(url: str, dest: Path, timeout: float, sha256_prefix: str = "") -> N
 def fix_inception(cached: Path) -> str:
     return (f"download {URL_INCEPTION_V3} on a machine with internet and put it at {cached} or pass "
             "metrics.inception_weights=<path to the file>; or compute FID/KID without it with "
-            "metrics.feature_extractor=<TorchScript Inception .pt> (README, Metrics)")
+            "metrics.feature_extractor=<TorchScript Inception .pt> (docs/metrics.md)")
 
 
-def inception_weights(path: str | None, timeout: float = 20.0) -> Path:
+def inception_weights(path: str | None, timeout: float = MetricsConfig.download_timeout) -> Path:
     """The ``inception-v3-compat`` weights file: ``path``, else torch.hub's cache, else downloaded."""
     if path:
         weights = Path(path).expanduser()
@@ -186,8 +187,10 @@ class Extractor:
         return {name: value.float().cpu() for name, value in zip(self.features, out)}
 
 
-def load_extractor(feature_extractor: str = INCEPTION, inception_weights_path: str | None = None,
-                   input_mode: str = "auto", device: str | torch.device = "cpu", timeout: float = 20.0) -> Extractor:
+def load_extractor(feature_extractor: str = MetricsConfig.feature_extractor,
+                   inception_weights_path: str | None = MetricsConfig.inception_weights,
+                   input_mode: str = MetricsConfig.input_mode, device: str | torch.device = "cpu",
+                   timeout: float = MetricsConfig.download_timeout) -> Extractor:
     """``inception-v3-compat`` (weights resolved as in ``inception_weights``) or the path of a
     TorchScript file; fails fast with a MetricsError that says what to do."""
     if feature_extractor == INCEPTION:

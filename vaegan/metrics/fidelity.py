@@ -26,6 +26,7 @@ from torch_fidelity.metric_isc import isc_features_to_metric
 from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
 from torch_fidelity.metric_prc import KEY_METRIC_PRECISION, KEY_METRIC_RECALL, prc_features_to_metric
 
+from vaegan.config.schema import MetricsConfig
 from vaegan.data.datamodules import ArrayDataModule
 from vaegan.data.transforms import to_model_input, to_uint8
 from vaegan.utils.files import write_npz
@@ -37,7 +38,7 @@ ALL_METRICS = ("is", "fid", "kid", "prc")
 
 
 # ------------------------------------------------------------------------- the metrics themselves
-def inception_score(logits: Tensor, splits: int = 10, seed: int = 0) -> tuple[float, float]:
+def inception_score(logits: Tensor, splits: int = MetricsConfig.isc_splits, seed: int = MetricsConfig.seed) -> tuple[float, float]:
     """IS = exp(E_x KL(p(y|x) || p(y))) (Salimans et al. 2016; the paper's Sec. 5.4), mean and std
     over ``splits`` shuffled chunks, from unnormalised class logits."""
     out = isc_features_to_metric(logits, splits=splits, shuffle=True, rng_seed=seed)
@@ -50,8 +51,9 @@ def frechet_distance(features_a: Tensor, features_b: Tensor) -> float:
     return fid_statistics_to_metric(stats_a, stats_b, verbose=False)[KEY_METRIC_FID]
 
 
-def kernel_inception_distance(features_a: Tensor, features_b: Tensor, subsets: int = 100, subset_size: int = 1000,
-                              seed: int = 0) -> tuple[float, float]:
+def kernel_inception_distance(features_a: Tensor, features_b: Tensor, subsets: int = MetricsConfig.kid_subsets,
+                              subset_size: int = MetricsConfig.kid_subset_size,
+                              seed: int = MetricsConfig.seed) -> tuple[float, float]:
     """KID: the unbiased MMD^2 with the kernel (x.y / d + 1)^3, mean and std over random subsets
     (Binkowski et al. 2018)."""
     out = kid_features_to_metric(features_a, features_b, kid_subsets=subsets, kid_subset_size=subset_size,
@@ -60,7 +62,7 @@ def kernel_inception_distance(features_a: Tensor, features_b: Tensor, subsets: i
     return out[KEY_METRIC_KID_MEAN], out[KEY_METRIC_KID_STD]
 
 
-def precision_recall(generated: Tensor, real: Tensor, neighborhood: int = 3) -> tuple[float, float]:
+def precision_recall(generated: Tensor, real: Tensor, neighborhood: int = MetricsConfig.prc_neighborhood) -> tuple[float, float]:
     """Improved precision and recall with k-NN balls (Kynkaanniemi et al. 2019)."""
     out = prc_features_to_metric(generated, real, prc_neighborhood=neighborhood, prc_batch_size=10000,
                                  save_cpu_ram=True, verbose=False)
@@ -175,12 +177,14 @@ def metric_names(requested: Iterable[str] | None, extractor: Extractor) -> tuple
 
 
 def evaluate_generator(generator: torch.nn.Module, latent_dim: int, dm: ArrayDataModule, extractor: Extractor, *,
-                       split: str = "train", num_samples: int = 50_000, num_reference: int = 50_000,
-                       names: Iterable[str] | None = None, seed: int = 0, batch_size: int = 100,
-                       device: torch.device | str = "cpu", cache_dir: Path | None = None, isc_splits: int = 10,
-                       kid_subsets: int = 100, kid_subset_size: int = 1000, prc_neighborhood: int = 3,
-                       progress: Progress | None = None, weights: str = "raw", train_precision: str = "32-true",
-                       encoder: torch.nn.Module | None = None) -> Evaluation:
+                       split: str = MetricsConfig.split, num_samples: int = MetricsConfig.num_samples,
+                       num_reference: int = MetricsConfig.num_reference, names: Iterable[str] | None = MetricsConfig.names,
+                       seed: int = MetricsConfig.seed, batch_size: int = MetricsConfig.batch_size,
+                       device: torch.device | str = "cpu", cache_dir: Path | None = None,
+                       isc_splits: int = MetricsConfig.isc_splits, kid_subsets: int = MetricsConfig.kid_subsets,
+                       kid_subset_size: int = MetricsConfig.kid_subset_size,
+                       prc_neighborhood: int = MetricsConfig.prc_neighborhood, progress: Progress | None = None,
+                       weights: str = "raw", train_precision: str = "32-true", encoder: torch.nn.Module | None = None) -> Evaluation:
     """Metrics of ``generator`` (z -> images in [-1, 1]) against ``dm``'s ``split``; see the module doc.
 
     With the VAE's ``encoder`` (x -> (mu_v, logvar_v)) the reference images are also reconstructed,

@@ -21,6 +21,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torchvision.utils import save_image
 
+from vaegan.config.schema import ON_SIGNALS, CheckpointConfig, ImagesConfig, ProgressBarConfig, TrainConfig
 from vaegan.training import checkpoints, distributed, run_lock
 
 from vaegan.latent import panels
@@ -37,7 +38,8 @@ class IterationCheckpoint(L.Callback):
     replaces a good checkpoint with a partial one.
     """
 
-    def __init__(self, dirpath: str | Path, every_n_iterations: int = 1000, keep_every_n_iterations: int = 0):
+    def __init__(self, dirpath: str | Path, every_n_iterations: int = CheckpointConfig.every_n_iterations,
+                 keep_every_n_iterations: int = CheckpointConfig.keep_every_n_iterations):
         self.dirpath = Path(dirpath)
         self.every, self.keep_every = every_n_iterations, keep_every_n_iterations
         self.saved_at = -1
@@ -75,8 +77,8 @@ class Interrupted(Exception):
 
 
 class PreemptionCheckpoint(L.Callback):
-    """On SIGTERM, SIGUSR1, SIGUSR2 or SIGINT (``signals``), the run finishes its iteration, writes
-    ``last.ckpt`` and stops; ``train`` then raises ``Interrupted``. The handler only sets a flag;
+    """On SIGTERM, SIGUSR1, SIGUSR2 or SIGINT (``signals``: callbacks.checkpoint.on_signals), the run
+    finishes its iteration, writes ``last.ckpt`` and stops; ``train`` then raises ``Interrupted``. The handler only sets a flag;
     the ranks agree on it every ``trainer.log_every_n_steps`` iterations (one tiny all-reduce; a
     single process looks after every iteration), so all of them save the same iteration. A second
     SIGINT (Ctrl-C twice) exits at once, saying which iterations were not saved.
@@ -86,8 +88,7 @@ class PreemptionCheckpoint(L.Callback):
     after the checkpoint is written.
     """
 
-    def __init__(self, checkpoint: IterationCheckpoint,
-                 signals: tuple[str, ...] = ("SIGTERM", "SIGUSR1", "SIGUSR2", "SIGINT")):
+    def __init__(self, checkpoint: IterationCheckpoint, signals: tuple[str, ...] = ON_SIGNALS):
         self.checkpoint, self.signals = checkpoint, [signal.Signals[name] for name in signals]
         self.received: int | None = None
         self.interrupted: Interrupted | None = None
@@ -174,8 +175,10 @@ class ImageLogger(L.Callback):
     images (TensorBoard; any logger with ``log_image``, such as W&B's, as uint8). Rank 0 only.
     """
 
-    def __init__(self, dirpath: str | Path, every_n_iterations: int = 500, num_samples: int = 64,
-                 num_reconstructions: int = 32, seed: int = 0, num_interpolations: int = 4, interpolation_steps: int = 8):
+    def __init__(self, dirpath: str | Path, every_n_iterations: int = ImagesConfig.every_n_iterations,
+                 num_samples: int = ImagesConfig.num_samples, num_reconstructions: int = ImagesConfig.num_reconstructions,
+                 seed: int = TrainConfig.seed, num_interpolations: int = ImagesConfig.num_interpolations,
+                 interpolation_steps: int = ImagesConfig.interpolation_steps):
         self.dirpath = Path(dirpath)
         self.every, self.num_samples, self.num_reconstructions = every_n_iterations, num_samples, num_reconstructions
         self.seed, self.pairs, self.steps = seed, num_interpolations, interpolation_steps
@@ -248,7 +251,7 @@ class TrainingStats(L.Callback):
 class IterationProgressBar(ProgressBar):
     """One rich progress bar over the run's iterations, with k and M (not per-epoch batches)."""
 
-    def __init__(self, total_iterations: int, refresh_every: int = 1):
+    def __init__(self, total_iterations: int, refresh_every: int = ProgressBarConfig.refresh_every):
         super().__init__()
         self.total, self.refresh_every = total_iterations, refresh_every
         self._enabled = True

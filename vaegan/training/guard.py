@@ -1,13 +1,13 @@
 """The divergence guard: an iteration whose losses or gradients are not finite is skipped (no
-weights, optimizer state or k change), counted, and after ``max_in_a_row`` such iterations in a
-row training stops with a message naming what went bad and where, before a checkpoint is written,
-so the last good ``last.ckpt`` survives.
+weights, optimizer state or k change), counted, and after ``max_bad_in_a_row`` (``model.guard``)
+such iterations in a row training stops with a message naming what went bad and where, before a
+checkpoint is written, so the last good ``last.ckpt`` survives.
 
 The bookkeeping lives on the device, in buffers of the guard (an ``nn.Module`` inside the
 LightningModule, so it moves with the model: ``module.to(device)``, Lightning's placement, a
 checkpoint loaded anywhere). ``record`` decides whether an iteration steps without waiting
 for the device, and ``poll`` (every few iterations) reads the counts back, warns and raises.
-Once ``max_in_a_row`` is reached no iteration steps until the next poll stops training, so the
+Once ``max_bad_in_a_row`` is reached no iteration steps until the next poll stops training, so the
 weights stay those before the run of bad iterations however late the poll comes.
 """
 
@@ -18,6 +18,8 @@ import logging
 import torch
 from torch import Tensor, nn
 
+from vaegan.config.schema import GuardConfig
+
 log = logging.getLogger(__name__)
 
 
@@ -27,14 +29,14 @@ class DivergenceError(RuntimeError):
 
 class DivergenceGuard(nn.Module):
     # Device counters, one int64 each; `first` is the iteration starting the current run of skips,
-    # `trip_start`/`trip_end` the run that reached max_in_a_row (0 = none yet).
+    # `trip_start`/`trip_end` the run that reached max_bad_in_a_row (0 = none yet).
     COUNTERS = ("skipped", "in_a_row", "first", "trip_start", "trip_end")
 
-    def __init__(self, max_in_a_row: int = 10):
-        if max_in_a_row < 1:
-            raise ValueError(f"model.guard.max_bad_in_a_row={max_in_a_row}: must be >= 1")
+    def __init__(self, max_bad_in_a_row: int = GuardConfig.max_bad_in_a_row):
+        if max_bad_in_a_row < 1:
+            raise ValueError(f"model.guard.max_bad_in_a_row={max_bad_in_a_row}: must be >= 1")
         super().__init__()
-        self.max_in_a_row = max_in_a_row
+        self.max_bad_in_a_row = max_bad_in_a_row
         self.names: list[str] = []  # of the values recorded, in order
         # Not persistent: the model's state_dict stays the networks'; checkpoint_state saves these.
         self.register_buffer("counters", torch.zeros(len(self.COUNTERS), dtype=torch.int64), persistent=False)
@@ -57,7 +59,7 @@ class DivergenceGuard(nn.Module):
         self.first_mask = torch.where(starts, bad, self.first_mask)
         first = torch.where(starts, iteration, first)
         in_a_row = torch.where(any_bad, in_a_row + 1, 0)
-        trips = (trip_end == 0) & (in_a_row >= self.max_in_a_row)
+        trips = (trip_end == 0) & (in_a_row >= self.max_bad_in_a_row)
         self.trip_mask = torch.where(trips, self.first_mask, self.trip_mask)
         trip_start, trip_end = torch.where(trips, first, trip_start), torch.where(trips, iteration, trip_end)
         stepped = ~any_bad & (trip_end == 0)
@@ -66,7 +68,7 @@ class DivergenceGuard(nn.Module):
 
     def poll(self) -> None:
         """Reads the counts (one read from the device): warns about iterations skipped since the last
-        poll, raises DivergenceError when a run of ``max_in_a_row`` bad iterations was recorded."""
+        poll, raises DivergenceError when a run of ``max_bad_in_a_row`` bad iterations was recorded."""
         skipped, in_a_row, first, trip_start, trip_end = self.counters.tolist()
         if skipped > self._warned:
             log.warning(f"{skipped - self._warned} iteration(s) skipped since the last check, {skipped} so far: "
@@ -77,14 +79,8 @@ class DivergenceGuard(nn.Module):
             names = self.bad_names(self.trip_mask)
             raise DivergenceError(
                 f"{', '.join(names)} went non-finite at iteration {trip_start} and the {trip_end - trip_start + 1} "
-                f"iterations {trip_start}-{trip_end} were all skipped (model.guard.max_bad_in_a_row={self.max_in_a_row}). "
+                f"iterations {trip_start}-{trip_end} were all skipped (model.guard.max_bad_in_a_row={self.max_bad_in_a_row}). "
                 f"The weights are those after iteration {trip_start - 1}")
-
-    def check(self, iteration: int, values: dict[str, Tensor]) -> bool:
-        """``record`` then ``poll``: whether iteration ``iteration`` steps, read at once."""
-        stepped = self.record(iteration, values)
-        self.poll()
-        return bool(stepped)
 
     def bad_names(self, mask: Tensor) -> list[str]:
         return [name for name, bad in zip(self.names, mask.tolist()) if bad]

@@ -6,6 +6,8 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from vaegan.config.schema import LRDecayConfig
+
 
 class LearningRateDecay:
     """BEGAN's learning-rate decay (SPEC.md, Sec. 4), stepped by the training step itself (manual
@@ -23,8 +25,8 @@ class LearningRateDecay:
 
     MODES = (None, "step", "plateau")
 
-    def __init__(self, mode: str | None = None, factor: float = 0.5, every_n_iterations: int = 100_000,
-                 min_lr: float = 0.0):
+    def __init__(self, mode: str | None = LRDecayConfig.mode, factor: float = LRDecayConfig.factor,
+                 every_n_iterations: int = LRDecayConfig.every_n_iterations, min_lr: float = LRDecayConfig.min_lr):
         if mode not in self.MODES:
             raise ValueError(f"lr_decay mode {mode!r}: use null, step or plateau")
         self.mode, self.factor, self.every, self.min_lr = mode, factor, every_n_iterations, min_lr

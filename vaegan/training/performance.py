@@ -3,8 +3,8 @@ objectives, one batched discriminator pass and torch.compile (CUDA graphs with `
 
 Each option keeps the losses of Eqs. 2-15 and changes fp32 results only by float rounding
 (other convolution algorithms, reassociated sums). bf16 is ``trainer.precision=bf16-mixed``
-(Lightning's autocast). ``experiments/bench_step.py`` measures each option; the README's
-"Performance" section has the numbers.
+(Lightning's autocast). ``experiments/bench_step.py`` measures each option; docs/performance.md
+has the numbers.
 """
 
 from __future__ import annotations
@@ -14,19 +14,20 @@ from dataclasses import dataclass
 
 import torch
 
+from vaegan import compat
+from vaegan.config.schema import PerformanceConfig
+
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class Performance:
-    channels_last: bool | None = None  # NHWC activations and weights; None = auto (``use_channels_last``)
-    shared_backward: bool = True  # one backward pass per term the objectives share, not one per objective
-    batched_discriminator: bool = False  # one discriminator pass over [x; x_g; x_v] instead of three
-    compile: str | None = None  # torch.compile mode of each network (reduce-overhead = CUDA graphs on GPUs)
+class Performance(PerformanceConfig):
+    """The options of ``cfg.performance``: ``PerformanceConfig``'s fields and defaults, defined there
+    once (channels_last, shared_backward, batched_discriminator, compile), with what they decide."""
 
     def use_channels_last(self, device: torch.device, width: int) -> bool:
         """auto: on GPUs (tensor cores take NHWC); on CPUs below width 64, where it measured faster
-        (x1.3 at the quickstart's width 16; x1.0 at width 64, x0.89 at width 128: README, Performance)."""
+        (x1.3 at the quickstart's width 16; x1.0 at width 64, x0.89 at width 128: docs/performance.md)."""
         if self.channels_last is not None:
             return self.channels_last
         return device.type == "cuda" or width < 64
@@ -38,7 +39,7 @@ def bf16_is_fast(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     if device.type == "cpu":
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        return compat.cpu_has_bf16()
     return True
 
 
@@ -55,9 +56,7 @@ def apply(module) -> None:
     channels_last = options.use_channels_last(module.device, module.hparams.width)
     module.memory_format = torch.channels_last if channels_last else torch.contiguous_format
     if options.compile is not None:
-        # The iteration takes several backward passes over one graph (retain_graph), which compiled
-        # backward functions only allow without donated buffers.
-        torch._functorch.config.donated_buffer = False
+        compat.disable_donated_buffers()
     for net in module.networks.values():
         net.to(memory_format=module.memory_format)
         if options.compile is not None:

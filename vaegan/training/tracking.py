@@ -30,6 +30,7 @@ from urllib.parse import urlparse
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
+from vaegan import compat
 from vaegan.config import ConfigError
 
 from vaegan.config.schema import WANDB_MODES
@@ -140,7 +141,7 @@ def start_run(cfg: DictConfig, out: Path) -> Any:
 
 def define_dashboard(run: Any) -> None:
     """Iteration as every chart's x-axis, and the summaries a run table should show."""
-    run.define_metric("trainer/global_step")  # = the iteration (Lightning's batches), see README
+    run.define_metric("trainer/global_step")  # = the iteration (Lightning's batches), see docs/training.md
     run.define_metric("*", step_metric="trainer/global_step", step_sync=True)
     for key in ("train/M", "metrics/fid", "metrics/kid_mean"):
         run.define_metric(key, step_metric="trainer/global_step", summary="min,last")
@@ -179,13 +180,13 @@ def finish(loggers: list, failed: bool) -> None:
     from lightning.pytorch.loggers import WandbLogger
 
     for logger in loggers:
-        if isinstance(logger, WandbLogger) and logger._experiment is not None:
-            logger._experiment.finish(exit_code=1 if failed else 0)
+        if isinstance(logger, WandbLogger) and (run := compat.wandb_run(logger)) is not None:
+            run.finish(exit_code=1 if failed else 0)
 
 
 
-class EquilibriumChart(L.Callback):
-    """Collects (iteration, e_t, k_t) at every logged iteration; when training ends, draws them on one
+class ControllerChart(L.Callback):
+    """Collects the controller's (iteration, e_t, k_t) at every logged iteration; when training ends, draws them on one
     W&B chart with the target e = 0 (``log_equilibrium_chart``)."""
 
     def __init__(self, every_n_iterations: int):

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from vaegan.training import checkpoints, distributed, performance, tracking
 from vaegan.training.callbacks import ImageLogger, IterationCheckpoint, IterationProgressBar, PreemptionCheckpoint, TrainingStats
 from vaegan.config import ConfigError, validate
-from vaegan.models.controller import EquilibriumCallback
+from vaegan.models.controller import PIDUpdate
 from vaegan.data import DATAMODULES, ArrayDataModule, CachedDataModule, build_datamodule
 from vaegan.metrics import Extractor
 from vaegan.metrics.callback import EvaluationCallback, LatentUseMonitor
@@ -43,42 +43,34 @@ def build_datamodule_from(cfg: DictConfig) -> ArrayDataModule:
 
 def build_module(cfg: DictConfig) -> VAEGANModule:
     """The model of ``cfg.model``, run as ``cfg.performance`` says."""
-    m = cfg.model
-    module = VAEGANModule(
-        image_size=cfg.data.image_size, channels=cfg.data.channels, width=m.width, latent_dim=m.latent_dim,
-        vae=m.vae, discriminator=m.discriminator, lsm=m.lsm, alpha=m.alpha, beta=m.beta, gamma=m.gamma,
-        eta=m.eta, kl_reduction=m.kl_reduction, free_nats=m.free_nats, kl_warmup=m.kl_warmup,
-        logvar_init=m.logvar_init, lsm_normalize=m.lsm_normalize, lr=m.optimizer.lr, betas=tuple(m.optimizer.betas),
-        seed=cfg.seed, variant=m.name, ema_decay=m.ema.decay, ema_start=m.ema.start,
-        clip=OmegaConf.to_container(m.optimizer.clip), max_bad_in_a_row=m.guard.max_bad_in_a_row,
-        lr_decay=OmegaConf.to_container(m.optimizer.lr_decay),
-    )
+    module = VAEGANModule(cfg.model, image_size=cfg.data.image_size, channels=cfg.data.channels, seed=cfg.seed)
     module.performance = performance.Performance(**OmegaConf.to_container(cfg.performance))  # applied at fit start
     return module
 
 
 def build_callbacks(cfg: DictConfig, module: VAEGANModule, out: Path, extractor: Extractor | None = None) -> list[L.Callback]:
+    """The run's callbacks, each given its values of ``cfg`` as keyword arguments (no defaults of their own)."""
     c = cfg.callbacks
-    checkpoint = IterationCheckpoint(out / "checkpoints", c.checkpoint.every_n_iterations, c.checkpoint.keep_every_n_iterations)
+    checkpoint = IterationCheckpoint(out / "checkpoints", every_n_iterations=c.checkpoint.every_n_iterations,
+                                     keep_every_n_iterations=c.checkpoint.keep_every_n_iterations)
     callbacks: list[L.Callback] = [
         checkpoint,
-        PreemptionCheckpoint(checkpoint, tuple(c.checkpoint.on_signals)),
-        ImageLogger(out, c.images.every_n_iterations, c.images.num_samples, c.images.num_reconstructions, cfg.seed,
-                    c.images.num_interpolations, c.images.interpolation_steps),
+        PreemptionCheckpoint(checkpoint, signals=tuple(c.checkpoint.on_signals)),
+        ImageLogger(out, seed=cfg.seed, **OmegaConf.to_container(c.images)),
     ]
     if module.encoder is not None:
-        callbacks.append(LatentUseMonitor(c.images.every_n_iterations, **OmegaConf.to_container(c.latent_use)))
+        callbacks.append(LatentUseMonitor(every_n_iterations=c.images.every_n_iterations, **OmegaConf.to_container(c.latent_use)))
     if extractor is not None:  # before IterationCheckpoint, so that last.ckpt holds the best FID so far
         protocol = {**evaluation_kwargs(cfg.metrics, torch.device("cpu")), "num_samples": c.evaluation.num_samples}
-        callbacks.insert(0, EvaluationCallback(extractor, out / "checkpoints", c.evaluation.every_n_iterations,
-                                               c.evaluation.keep_best, **protocol))
+        callbacks.insert(0, EvaluationCallback(extractor, out / "checkpoints", every_n_iterations=c.evaluation.every_n_iterations,
+                                               keep_best=c.evaluation.keep_best, **protocol))
     if module.discriminator is not None:  # first, so that checkpoints hold k_t after its update
-        callbacks.insert(0, EquilibriumCallback(**OmegaConf.to_container(cfg.model.controller)))
-    callbacks.append(TrainingStats(cfg.trainer.log_every_n_steps))
+        callbacks.insert(0, PIDUpdate(**OmegaConf.to_container(cfg.model.controller)))
+    callbacks.append(TrainingStats(every_n_iterations=cfg.trainer.log_every_n_steps))
     if cfg.logger.wandb is not None and module.discriminator is not None:
-        callbacks.append(tracking.EquilibriumChart(cfg.trainer.log_every_n_steps))
+        callbacks.append(tracking.ControllerChart(every_n_iterations=cfg.trainer.log_every_n_steps))
     if c.progress_bar.enabled:
-        callbacks.append(IterationProgressBar(cfg.iterations, c.progress_bar.refresh_every))
+        callbacks.append(IterationProgressBar(total_iterations=cfg.iterations, refresh_every=c.progress_bar.refresh_every))
     return callbacks
 
 
