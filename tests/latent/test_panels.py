@@ -160,7 +160,7 @@ def test_annotate_without_labels_is_the_picture():
 # ------------------------------------------------------------------------------ samples / reconstructions
 def test_samples_decode_each_code_and_fill_the_last_row_with_white(vaegan):
     z = zs(10)
-    vaegan.training.train()
+    vaegan.train()
     pic = panels.samples(vaegan, z, nrow=4)
     assert vaegan.training  # mode restored
     assert tuple(pic.shape) == grid_size(3, 4)

@@ -209,3 +209,58 @@ def test_adam_is_fused_only_where_the_device_has_the_kernel():
     for param in on_meta.param_groups[0]["params"]:
         param.grad = torch.ones_like(param)
     on_meta.step()
+
+
+# ------------------------------------------------------------------ one source of truth for the model
+def test_the_model_takes_every_default_from_the_schema():
+    """VAEGANModule() is ModelConfig's model: each flat hyper-parameter is a schema leaf (or the data
+    shape and seed, from DataConfig and TrainConfig), with the schema's value."""
+    from omegaconf import OmegaConf
+
+    from vaegan.config.schema import DataConfig, ModelConfig, TrainConfig
+    from vaegan.models.module import flat_hyper_parameters
+
+    schema = OmegaConf.to_container(OmegaConf.structured(ModelConfig))
+    hp = dict(VAEGANModule().hparams)
+    assert hp.pop("image_size") == DataConfig.image_size and hp.pop("channels") == DataConfig.channels
+    assert hp.pop("seed") == TrainConfig.seed
+    assert hp == flat_hyper_parameters(None)
+    assert hp["variant"] == schema["name"] and hp["lr"] == schema["optimizer"]["lr"]
+    assert hp["ema_decay"] == schema["ema"]["decay"] and hp["clip"] == schema["optimizer"]["clip"]
+    leaves = {k for k, v in schema.items() if not isinstance(v, dict)} - {"name"}
+    groups = {f"{g}.{k}" for g in ("optimizer", "ema", "guard") for k in schema[g]}
+    assert len(hp) == 1 + len(leaves) + len(groups)  # variant, then every leaf but the controller's
+
+
+def test_a_new_model_key_reaches_the_module_without_another_edit(monkeypatch):
+    """Adding a hyper-parameter: one edit in the schema (here a subclass of it) and one where it is used."""
+    from dataclasses import dataclass, field
+
+    from vaegan.config.schema import ModelConfig, OptimizerConfig
+    from vaegan.models import module as module_file
+
+    @dataclass
+    class NewOptimizerConfig(OptimizerConfig):
+        new_option: str = "x"
+
+    @dataclass
+    class NewModelConfig(ModelConfig):
+        new_weight: float = 0.25
+        optimizer: NewOptimizerConfig = field(default_factory=NewOptimizerConfig)
+
+    monkeypatch.setattr(module_file, "ModelConfig", NewModelConfig)
+    module = VAEGANModule(HP_MODEL, image_size=16, channels=1)
+    assert module.hparams.new_weight == 0.25 and module.hparams.new_option == "x"
+    assert module.hparams.width == HP_MODEL["width"] and module.hparams.lr == HP_MODEL["optimizer"]["lr"]
+    assert VAEGANModule({"new_weight": 0.5}).hparams.new_weight == 0.5
+
+
+def test_the_typed_config_and_the_flat_form_build_the_same_model():
+    typed = VAEGANModule(HP_MODEL, image_size=16, channels=1, seed=3)
+    flat = VAEGANModule(**HP)
+    assert dict(typed.hparams) == dict(flat.hparams)
+    with pytest.raises(TypeError, match="unknown hyper-parameters \\['widht'\\]"):
+        VAEGANModule(widht=4)
+
+
+HP_MODEL = {"width": 4, "latent_dim": 8, "alpha": 0.3, "beta": 0.1, "gamma": 0.1, "optimizer": {"lr": 1e-3}}

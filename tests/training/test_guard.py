@@ -12,9 +12,10 @@ from hydra import initialize_config_dir
 
 from tests.conftest import CONF, TINY, iteration_rows
 from tests.training.test_step import OneDevicePerOp
+from vaegan.training import sync
 from vaegan.training import train as train_module
 from vaegan.config import ConfigError, register_configs, validate
-from vaegan.models.controller import EquilibriumCallback
+from vaegan.models.controller import PIDUpdate
 from vaegan.training.guard import DivergenceError, DivergenceGuard
 from vaegan.models.module import VAEGANModule
 
@@ -28,30 +29,37 @@ def nan(value: float = 1.0) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------ DivergenceGuard
+def check(guard: DivergenceGuard, iteration: int, values: dict[str, torch.Tensor]) -> bool:
+    """``record`` then ``poll``, as the training step does: whether iteration ``iteration`` steps."""
+    stepped = guard.record(iteration, values)
+    guard.poll()
+    return bool(stepped)
+
+
 def test_finite_values_pass_and_reset_the_run():
-    guard = DivergenceGuard(max_in_a_row=3)
-    assert guard.check(1, {"L_d": nan()}) is False
-    assert guard.check(2, {"L_d": torch.tensor(0.5), "gradient of the encoder": torch.tensor(2.0)}) is True
+    guard = DivergenceGuard(max_bad_in_a_row=3)
+    assert check(guard, 1, {"L_d": nan()}) is False
+    assert check(guard, 2, {"L_d": torch.tensor(0.5), "gradient of the encoder": torch.tensor(2.0)}) is True
     assert (guard.skipped, guard.in_a_row, guard.first_bad) == (1, 0, None)
 
 
 def test_non_finite_value_is_counted_with_its_iteration_and_names():
-    guard = DivergenceGuard(max_in_a_row=3)
-    ok = guard.check(7, {"L_e": torch.tensor(1.0), "L_d": nan(), "gradient of the generator": torch.tensor(math.inf)})
+    guard = DivergenceGuard(max_bad_in_a_row=3)
+    ok = check(guard, 7, {"L_e": torch.tensor(1.0), "L_d": nan(), "gradient of the generator": torch.tensor(math.inf)})
     assert ok is False
     assert (guard.skipped, guard.in_a_row) == (1, 1)
     assert guard.first_bad == (7, ["L_d", "gradient of the generator"])
-    assert guard.check(8, {"L_e": nan()}) is False
+    assert check(guard, 8, {"L_e": nan()}) is False
     assert (guard.skipped, guard.in_a_row) == (2, 2)
     assert guard.first_bad == (7, ["L_d", "gradient of the generator"])  # the start of the run, not the latest
 
 
 def test_too_many_in_a_row_raise_naming_quantity_first_iteration_and_range():
-    guard = DivergenceGuard(max_in_a_row=3)
-    assert guard.check(4, {"L_d": nan(), "L_g": torch.tensor(1.0)}) is False
-    assert guard.check(5, {"L_d": nan(), "L_g": nan()}) is False
+    guard = DivergenceGuard(max_bad_in_a_row=3)
+    assert check(guard, 4, {"L_d": nan(), "L_g": torch.tensor(1.0)}) is False
+    assert check(guard, 5, {"L_d": nan(), "L_g": nan()}) is False
     with pytest.raises(DivergenceError) as err:
-        guard.check(6, {"L_d": nan()})
+        check(guard, 6, {"L_d": nan()})
     message = str(err.value)
     assert message.startswith("L_d went non-finite at iteration 4")
     assert "iterations 4-6 were all skipped" in message and "max_bad_in_a_row=3" in message
@@ -59,23 +67,23 @@ def test_too_many_in_a_row_raise_naming_quantity_first_iteration_and_range():
 
 
 def test_a_finite_check_in_between_resets_the_run_but_not_the_total():
-    guard = DivergenceGuard(max_in_a_row=2)
-    assert guard.check(1, {"L_d": nan()}) is False
-    assert guard.check(2, {"L_d": torch.tensor(0.1)}) is True
-    assert guard.check(3, {"L_d": nan()}) is False  # 2 bad checks, but not in a row: no error
+    guard = DivergenceGuard(max_bad_in_a_row=2)
+    assert check(guard, 1, {"L_d": nan()}) is False
+    assert check(guard, 2, {"L_d": torch.tensor(0.1)}) is True
+    assert check(guard, 3, {"L_d": nan()}) is False  # 2 bad checks, but not in a row: no error
     assert (guard.skipped, guard.in_a_row, guard.first_bad) == (2, 1, (3, ["L_d"]))
     with pytest.raises(DivergenceError, match="at iteration 3 and the 2 iterations 3-4"):
-        guard.check(4, {"L_d": nan()})
+        check(guard, 4, {"L_d": nan()})
 
 
 def test_checkpoint_state_round_trip():
-    guard = DivergenceGuard(max_in_a_row=5)
-    guard.check(1, {"L_d": nan()})
-    guard.check(2, {"L_d": torch.tensor(1.0)})
-    guard.check(3, {"L_s": nan(), "L_v": nan()})
+    guard = DivergenceGuard(max_bad_in_a_row=5)
+    check(guard, 1, {"L_d": nan()})
+    check(guard, 2, {"L_d": torch.tensor(1.0)})
+    check(guard, 3, {"L_s": nan(), "L_v": nan()})
     state = guard.checkpoint_state()
     assert state == {"skipped": 2, "in_a_row": 1, "first_bad": [3, ["L_s", "L_v"]]}
-    restored = DivergenceGuard(max_in_a_row=5)
+    restored = DivergenceGuard(max_bad_in_a_row=5)
     restored.load_checkpoint_state(copy.deepcopy(state))
     assert (restored.skipped, restored.in_a_row, restored.first_bad) == (2, 1, (3, ["L_s", "L_v"]))
     fresh = DivergenceGuard().checkpoint_state()
@@ -85,7 +93,7 @@ def test_checkpoint_state_round_trip():
 
 def test_guard_needs_at_least_one_bad_iteration():
     with pytest.raises(ValueError, match="max_bad_in_a_row=0"):
-        DivergenceGuard(max_in_a_row=0)
+        DivergenceGuard(max_bad_in_a_row=0)
 
 
 def test_the_guard_moves_with_the_model_and_restores_on_its_device():
@@ -153,7 +161,7 @@ class Snapshots(L.Callback):
 
     @staticmethod
     def take(trainer, pl_module) -> dict:
-        controller = next(c.controller for c in trainer.callbacks if isinstance(c, EquilibriumCallback))
+        controller = next(c.controller for c in trainer.callbacks if isinstance(c, PIDUpdate))
         return {
             "weights": {k: v.detach().clone() for k, v in pl_module.state_dict().items()},
             "adam_steps": [sorted({int(s["step"]) for s in opt.state.values()}) for opt in trainer.optimizers],
@@ -305,7 +313,7 @@ def module_with_gradients(clip: dict) -> tuple[VAEGANModule, dict[str, torch.Ten
     x = torch.rand(4, 1, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
     terms = module.compute_losses(x, module.draw_noise(len(x), 0))
     module.compute_gradients(terms)
-    _, norms = module.synchronize(terms)
+    _, norms = sync.synchronize(terms, module.networks)
     return module, norms
 
 
@@ -358,9 +366,9 @@ def test_bad_guard_and_clip_settings_fail_validation(compose_cfg, tmp_path, over
 
 
 def test_after_the_limit_nothing_steps_until_a_poll_stops_training():
-    """Between logging iterations the guard is not read: once max_in_a_row is reached, later
+    """Between logging iterations the guard is not read: once max_bad_in_a_row is reached, later
     iterations do not step even if finite, so the weights stay those before the bad run."""
-    guard = DivergenceGuard(max_in_a_row=2)
+    guard = DivergenceGuard(max_bad_in_a_row=2)
     assert bool(guard.record(1, {"L_d": torch.tensor(0.5)}))
     assert not bool(guard.record(2, {"L_d": nan()}))
     assert not bool(guard.record(3, {"L_d": nan()}))  # the limit

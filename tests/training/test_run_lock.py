@@ -13,7 +13,7 @@ import pytest
 from tests.conftest import ROOT, TINY, run_cli
 from vaegan.training import run_lock
 
-HOLD = ("import sys, time; from vaegan import run_lock; run_lock.acquire(sys.argv[1]); "
+HOLD = ("import sys, time; from vaegan.training import run_lock; run_lock.acquire(sys.argv[1]); "
         "print('locked', flush=True); time.sleep(600)")
 
 
@@ -69,6 +69,7 @@ def test_ranks_of_one_run_share_the_lock_and_others_are_refused(tmp_path, other_
         run_lock.join(tmp_path / "never", timeout=0.5)
 
 
+@pytest.mark.slow
 def test_two_runs_in_one_directory(tmp_path):
     """The second command stops at once; the first keeps its records (one seed, steps in order)."""
     run = [*TINY, "iterations=100000", f"hydra.run.dir={tmp_path}", "logger=csv", "logger.csv.flush_every_n_iterations=1"]

@@ -1,8 +1,8 @@
 """The paper's equations, one function each (SPEC.md, "Losses" and "Objectives").
 
 Every reconstruction loss is a mean absolute error. Each function takes tensors and returns a
-0-dim tensor; the objectives (Eqs. 13-15) combine the terms and are differentiated per network
-by the LightningModule.
+0-dim tensor. The objectives (Eqs. 13-15) are one table of weights (``objective_table``), which the
+training step differentiates per network (``vaegan.training.routing``).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def kl_loss(mu: Tensor, logvar: Tensor, reduction: KLReduction, pixels: int | No
     ``elbo`` (the model's default): the per-image KL, summed over latent dimensions and averaged over the
     batch, divided by ``pixels`` = D = C*H*W. L_e is a mean over the D pixel values, so
     gamma L_e + L_n = (gamma sum|x - x_v| + KL) / D: the per-image ELBO of a Laplace decoder of
-    scale 1/gamma, scaled by 1/D like every other term (README, "The loss convention");
+    scale 1/gamma, scaled by 1/D like every other term (docs/model.md, "The loss convention");
     ``mean``: the mean over batch and latent dimensions (the earlier reading; with L_e's mean over
     pixels the encoder is a beta-VAE with beta = D / (gamma h), and the posterior collapses);
     ``sum_latent``: the per-image KL averaged over the batch (beta = D / gamma against L_e).
@@ -104,40 +104,67 @@ def similarity_loss(z_d: Tensor, z_v: Tensor, normalize: bool = False) -> Tensor
 def feature_matching_similarity_loss(z_d: Tensor, z_g: Tensor) -> Tensor:
     """L_s for BEGAN* + LSM, where the paper leaves L_s undefined (no VAE, so no pairs).
 
-    This project's decision (SPEC.md, README "Model variants"): the L1 distance between the
+    This project's decision (SPEC.md, docs/model.md "Model variants"): the L1 distance between the
     batch means of the discriminator codes of real images z_d and of random samples z'_g,
     averaged over latent dimensions. It is Eq. 9 with each pair replaced by its batch mean.
     """
     return l1(z_d.mean(dim=0), z_g.mean(dim=0))
 
 
+Weights = dict[str, "float | Tensor"]
+
+
+def objective_table(alpha: float, beta: float, gamma: float, k: float | Tensor,
+                    kl_weight: float = 1.0) -> tuple[dict[str, Weights], dict[str, Weights]]:
+    """Eqs. 13-15, stated once: (parts, objectives). Each part is a weighted sum of loss terms,
+    each network's objective a weighted sum of parts:
+
+        L_dis = L_d - k_{t-1} A   (Eq. 13),   L_gen = A + C   (Eq. 14),   L_enc = L_n + C   (Eq. 15),
+        A = L_g + alpha L_v (the adversarial part),   C = beta L_s + gamma L_e (the shared part).
+
+    L_n is weighted by ``kl_weight`` during a KL warm-up. The parts are what the networks share, so
+    the training step can differentiate each once for all its networks (``vaegan.training.routing``).
+    """
+    parts = {"A": {"L_g": 1, "L_v": alpha}, "L_d": {"L_d": 1}, "C": {"L_s": beta, "L_e": gamma}, "L_n": {"L_n": 1}}
+    objectives = {"discriminator": {"L_d": 1, "A": -k}, "generator": {"A": 1, "C": 1}, "encoder": {"L_n": kl_weight, "C": 1}}
+    return parts, objectives
+
+
+def weighted_sum(weights: Weights, values: dict[str, Tensor]) -> Tensor | None:
+    """sum_i w_i v_i over the values present (a variant lacks some terms); None when none is.
+    A weight of exactly 1 (the int) adds the value itself."""
+    total = None
+    for name, w in weights.items():
+        if name in values:
+            v = values[name] if isinstance(w, int) and w == 1 else w * values[name]
+            total = v if total is None else total + v
+    return total
+
+
+def objectives(terms: dict[str, Tensor], alpha: float, beta: float, gamma: float, k: float | Tensor,
+               kl_weight: float = 1.0) -> dict[str, Tensor]:
+    """Eqs. 13-15 from the loss terms present: network -> its objective (``objective_table``)."""
+    parts, table = objective_table(alpha, beta, gamma, k, kl_weight)
+    values = {name: v for name, part in parts.items() if (v := weighted_sum(part, terms)) is not None}
+    return {net: obj for net, row in table.items() if (obj := weighted_sum(row, values)) is not None}
+
+
 def discriminator_objective(L_d: Tensor, L_g: Tensor, L_v: Tensor, k: float, alpha: float) -> Tensor:
     """Eq. 13: L_dis = L_d - k_{t-1} (L_g + alpha L_v)."""
-    return L_d - k * (L_g + alpha * L_v)
+    return objectives(dict(L_d=L_d, L_g=L_g, L_v=L_v), alpha, 0.0, 0.0, k)["discriminator"]
 
 
 def generator_objective(
     L_g: Tensor, L_v: Tensor, L_s: Tensor, L_e: Tensor, alpha: float, beta: float, gamma: float
 ) -> Tensor:
     """Eq. 14: L_gen = L_g + alpha L_v + beta L_s + gamma L_e."""
-    return L_g + alpha * L_v + beta * L_s + gamma * L_e
+    return objectives(dict(L_g=L_g, L_v=L_v, L_s=L_s, L_e=L_e), alpha, beta, gamma, 0.0)["generator"]
 
 
 def encoder_objective(L_n: Tensor, L_s: Tensor, L_e: Tensor, beta: float, gamma: float,
                       kl_weight: float = 1.0) -> Tensor:
     """Eq. 15: L_enc = L_n + beta L_s + gamma L_e (L_n weighted by ``kl_weight`` during a KL warm-up)."""
-    return kl_weight * L_n + beta * L_s + gamma * L_e
-
-
-def adversarial_term(L_g: Tensor, L_v: Tensor, alpha: float) -> Tensor:
-    """L_g + alpha L_v: what Eq. 13 weighs by -k_{t-1} for the discriminator and Eq. 14 by +1 for
-    the generator, so one backward pass gives both networks their share."""
-    return L_g + alpha * L_v
-
-
-def shared_term(L_s: Tensor, L_e: Tensor, beta: float, gamma: float) -> Tensor:
-    """beta L_s + gamma L_e: the part Eqs. 14 and 15 have in common (the generator's and the encoder's)."""
-    return beta * L_s + gamma * L_e
+    return objectives(dict(L_n=L_n, L_s=L_s, L_e=L_e), 0.0, beta, gamma, 0.0, kl_weight)["encoder"]
 
 
 def equilibrium_error(L_d: Tensor, L_g: Tensor, L_v: Tensor, eta: float, alpha: float) -> Tensor:

@@ -1,4 +1,8 @@
-"""The LightningModule: four networks, three Adam optimizers, Algorithm 1 as the training step."""
+"""The LightningModule: four networks, three Adam optimizers, Algorithm 1 as the training step.
+
+The gradient machinery lives beside it, in ``vaegan.training``: ``routing`` (which network is
+differentiated on which loss), ``sync`` (the DDP all-reduce), ``guard`` and ``ema``.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +11,36 @@ from typing import Any
 
 import lightning as L
 import torch
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
-from torch.nn.utils import clip_grads_with_norm_, get_total_norm
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from vaegan.training import checkpoints, distributed, performance
-
+from vaegan import compat
+from vaegan.config.schema import DataConfig, ModelConfig, TrainConfig
 from vaegan.models import losses
-from vaegan.training.performance import Performance
+from vaegan.models.networks import Decoder, Discriminator, VAEEncoder
+from vaegan.training import checkpoints, distributed, ema, performance, routing, sync
 from vaegan.training.guard import DivergenceGuard
 from vaegan.training.lr_decay import LearningRateDecay
-from vaegan.models.networks import Decoder, Discriminator, VAEEncoder
+
+# ModelConfig keys whose flat hyper-parameter (as every checkpoint stores it) has another name.
+FLAT_NAMES = {"name": "variant", "ema.decay": "ema_decay", "ema.start": "ema_start"}
+NOT_THE_MODULES = ("controller",)  # the PID controller's gains belong to its callback (PIDUpdate)
+
+
+def flat_hyper_parameters(model: ModelConfig | DictConfig | dict | None = None) -> dict[str, Any]:
+    """The module's flat hyper-parameters from a model config (the schema's defaults for missing keys):
+    each leaf under its own name, a group's leaves (``optimizer.lr``) under theirs, ``FLAT_NAMES`` renamed;
+    ``optimizer.clip`` and ``optimizer.lr_decay`` stay dicts."""
+    config = OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(ModelConfig), model or {}))
+    flat = {}
+    for key, value in config.items():
+        if key in NOT_THE_MODULES:
+            continue
+        group = value if isinstance(value, dict) and key in ("optimizer", "ema", "guard") else {None: value}
+        for sub, leaf in group.items():
+            path = key if sub is None else f"{key}.{sub}"
+            flat[FLAT_NAMES.get(path, path.split(".")[-1])] = leaf
+    return flat
 
 
 def images_of(batch: Any) -> Tensor:
@@ -28,73 +51,51 @@ def images_of(batch: Any) -> Tensor:
 class VAEGANModule(L.LightningModule):
     """VAE + BEGAN* + LSM (the full model) and its ablations, in one code path.
 
-    ``vae`` adds the encoder F_vae-e (the generator then also decodes z_v), ``discriminator`` the
-    auto-encoder discriminator, ``lsm`` the similarity loss L_s. A term a variant lacks is zero in
-    Eqs. 13-15. Each network has its own Adam optimizer and is stepped only on its own objective.
+    ``model`` is the typed model config (``cfg.model``, schema ``ModelConfig``): ``vae`` adds the
+    encoder F_vae-e (the generator then also decodes z_v), ``discriminator`` the auto-encoder
+    discriminator, ``lsm`` the similarity loss L_s. A term a variant lacks is absent from Eqs. 13-15.
+    Each network has its own Adam optimizer and is stepped only on its own objective. Keyword
+    ``hparams`` override it in the flat form a checkpoint stores (``width=8``, ``lr=1e-3``).
 
-    One *iteration* (the paper's unit) is one batch: ``len(self.networks)`` optimizer steps, so
-    ``iteration = global_step // len(self.networks)``.
+    One *iteration* (the paper's unit) is one batch: ``len(self.networks)`` optimizer steps
+    (``checkpoints.iterations_done``).
 
-    The VAE's loss convention (README, "The loss convention"): ``kl_reduction`` reduces L_n
-    (``losses.kl_loss``), with ``free_nats`` as a floor on the KL per image; ``kl_warmup`` ramps
-    L_n's weight in L_enc from 0 to 1 over that many iterations; ``logvar_init`` starts sigma_v
-    small (``networks.VAEEncoder``); ``lsm_normalize`` makes L_s relative to the codes' scale.
-    ``lr_decay`` is BEGAN's learning-rate decay (``vaegan.training.lr_decay.LearningRateDecay``).
+    The VAE's loss convention (docs/model.md): ``kl_reduction`` reduces L_n (``losses.kl_loss``),
+    with ``free_nats`` as a floor on the KL per image; ``kl_warmup`` ramps L_n's weight in L_enc from
+    0 to 1 over that many iterations; ``logvar_init`` starts sigma_v small (``networks.VAEEncoder``);
+    ``lsm_normalize`` makes L_s relative to the codes' scale. ``lr_decay`` is BEGAN's learning-rate
+    decay (``LearningRateDecay``).
 
     Around Algorithm 1: ``clip`` caps each network's gradient norm (by name; None = no cap);
     ``DivergenceGuard`` skips iterations with non-finite losses or gradients; with ``ema_decay``
     > 0 an exponential moving average of the generator, started after ``ema_start`` iterations,
     makes every output (``output_generator``). Under DDP the step averages losses and gradients
-    over the ranks itself (``vaegan.training.distributed``).
+    over the ranks itself (``vaegan.training.sync``).
     """
 
-    def __init__(
-        self,
-        image_size: int = 32,
-        channels: int = 3,
-        width: int = 64,
-        latent_dim: int = 64,
-        vae: bool = True,
-        discriminator: bool = True,
-        lsm: bool = True,
-        alpha: float = 0.3,
-        beta: float = 0.1,
-        gamma: float = 0.1,
-        eta: float = 0.5,
-        kl_reduction: losses.KLReduction = "elbo",
-        free_nats: float = 0.0,
-        kl_warmup: int = 0,
-        logvar_init: float | None = None,
-        lsm_normalize: bool = True,
-        lr: float = 5e-5,
-        betas: tuple[float, float] = (0.5, 0.999),
-        seed: int = 0,
-        variant: str = "vaegan",
-        ema_decay: float = 0.0,
-        ema_start: int = 0,
-        clip: dict[str, float | None] | None = None,
-        max_bad_in_a_row: int = 10,
-        lr_decay: dict[str, Any] | None = None,
-    ):
+    def __init__(self, model: ModelConfig | DictConfig | dict | None = None, *, image_size: int = DataConfig.image_size,
+                 channels: int = DataConfig.channels, seed: int = TrainConfig.seed, **hparams: Any):
         super().__init__()
-        if not (vae or discriminator):
-            raise ValueError(f"model {variant!r}: needs a VAE encoder, a discriminator, or both")
-        self.save_hyperparameters()
+        flat = flat_hyper_parameters(model)
+        unknown = sorted(set(hparams) - set(flat))
+        if unknown:
+            raise TypeError(f"VAEGANModule: unknown hyper-parameters {unknown}; the model's are {sorted(flat)}")
+        hp = {"image_size": image_size, "channels": channels, **flat, **hparams, "seed": seed}
+        if not (hp["vae"] or hp["discriminator"]):
+            raise ValueError(f"model {hp['variant']!r}: needs a VAE encoder, a discriminator, or both")
+        self.save_hyperparameters(hp)
         self.automatic_optimization = False
-        shape = dict(image_size=image_size, channels=channels, width=width, latent_dim=latent_dim)
-        self.encoder = VAEEncoder(**shape, logvar_init=logvar_init) if vae else None
+        shape = dict(image_size=image_size, channels=channels, width=hp["width"], latent_dim=hp["latent_dim"])
+        self.encoder = VAEEncoder(**shape, logvar_init=hp["logvar_init"]) if hp["vae"] else None
         self.generator = Decoder(**shape)
-        self.discriminator = Discriminator(**shape) if discriminator else None
-        self.generator_ema = None
-        if ema_decay > 0:
-            self.generator_ema = AveragedModel(self.generator, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
-            self.generator_ema.requires_grad_(False)
-        self.guard = DivergenceGuard(max_bad_in_a_row)  # a submodule: its counters follow the model's device
-        self.k: float | Tensor = 0.0  # k_{t-1}, a tensor on the device; set each iteration by EquilibriumCallback
-        self.performance = Performance()  # how iterations run: set before fit, applied at its start
+        self.discriminator = Discriminator(**shape) if hp["discriminator"] else None
+        self.generator_ema = ema.average_of(self.generator) if hp["ema_decay"] > 0 else None
+        self.guard = DivergenceGuard(hp["max_bad_in_a_row"])  # a submodule: its counters follow the model's device
+        self.k: float | Tensor = 0.0  # k_{t-1}, a tensor on the device; set each iteration by PIDUpdate
+        self.performance = performance.Performance()  # how iterations run: set before fit, applied at its start
         self.memory_format = torch.contiguous_format
         self.train_precision = "32-true"  # trainer.precision of the training so far (metrics protocols record it)
-        self.lr_decay = LearningRateDecay(**(lr_decay or {}))
+        self.lr_decay = LearningRateDecay(**(hp["lr_decay"] or {}))
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, map_location: str | torch.device = "cpu") -> tuple["VAEGANModule", int]:
@@ -108,7 +109,7 @@ class VAEGANModule(L.LightningModule):
             module.load_state_dict(ckpt["state_dict"])
         except RuntimeError as err:
             raise checkpoints.CheckpointError(f"{path}: weights do not match model {module.hparams.variant!r}: {str(err)[:300]}") from None
-        return module.to(map_location), int(ckpt.get("global_step", 0)) // len(module.networks)
+        return module.to(map_location), checkpoints.iterations_done(ckpt.get("global_step", 0), len(module.networks))
 
     # ----------------------------------------------------------------- public API
     @property
@@ -120,7 +121,7 @@ class VAEGANModule(L.LightningModule):
     @property
     def iteration(self) -> int:
         """Completed iterations (batches) of Algorithm 1."""
-        return self.global_step // len(self.networks)
+        return checkpoints.iterations_done(self.global_step, len(self.networks))
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """x -> (mu_v, logvar_v) through F_vae-e."""
@@ -134,8 +135,7 @@ class VAEGANModule(L.LightningModule):
     def output_generator(self) -> nn.Module:
         """The generator of every output (samples, panels, evaluation, latent editing): the EMA copy
         once it averages (``ema_decay`` > 0, after ``ema_start`` iterations), else the trained one."""
-        ema = self.generator_ema
-        return ema.module if ema is not None and int(ema.n_averaged) > 0 else self.generator
+        return ema.output_generator(self.generator_ema, self.generator)
 
     @property
     def output_weights(self) -> str:
@@ -185,12 +185,12 @@ class VAEGANModule(L.LightningModule):
             terms["L_n"] = losses.kl_loss(mu, logvar, hp.kl_reduction, x[0].numel(), hp.free_nats)
         if self.discriminator is not None:
             x_g = self.generator(noise["z_g"])
-            seen = self.discriminate_each({"d": x, "g": x_g, **({"v": x_v} if self.encoder is not None else {})})
-            (z_d, x_d), (z_g, x_g_rec) = seen["d"], seen["g"]
+            through_d = self.discriminate_each({"d": x, "g": x_g, **({"v": x_v} if self.encoder is not None else {})})
+            (z_d, x_d), (z_g, x_g_rec) = through_d["d"], through_d["g"]
             terms["L_d"] = losses.reconstruction_loss(x, x_d)
             terms["L_g"] = losses.reconstruction_loss(x_g, x_g_rec)
             if self.encoder is not None:
-                z_v, x_v_rec = seen["v"]
+                z_v, x_v_rec = through_d["v"]
                 terms["L_v"] = losses.reconstruction_loss(x_v, x_v_rec)
                 if hp.lsm:
                     terms["L_s"] = losses.similarity_loss(z_d, z_v, hp.lsm_normalize)
@@ -207,28 +207,31 @@ class VAEGANModule(L.LightningModule):
         z, x_rec = self.discriminator(torch.cat(list(images.values())))
         return dict(zip(images, zip(z.split(sizes), x_rec.split(sizes))))
 
-    def objectives(self, terms: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Eqs. 13-15 for the networks this variant has; missing terms count as zero."""
+    def objective_table(self, dtype: torch.dtype) -> tuple[dict, dict]:
+        """Eqs. 13-15 (``losses.objective_table``) with this iteration's k_{t-1} and KL weight."""
         hp = self.hparams
-        zero = next(iter(terms.values())).new_zeros(())
-        L_n, L_s, L_e, L_d, L_g, L_v = (terms.get(n, zero) for n in ("L_n", "L_s", "L_e", "L_d", "L_g", "L_v"))
-        k = self.k_in(zero.dtype)
-        objectives = {"generator": losses.generator_objective(L_g, L_v, L_s, L_e, hp.alpha, hp.beta, hp.gamma)}
-        if self.encoder is not None:
-            objectives["encoder"] = losses.encoder_objective(L_n, L_s, L_e, hp.beta, hp.gamma, self.kl_weight())
-        if self.discriminator is not None:
-            objectives["discriminator"] = losses.discriminator_objective(L_d, L_g, L_v, k, hp.alpha)
-        return objectives
+        k = self.k.to(dtype) if isinstance(self.k, Tensor) else self.k  # the controller keeps it in float64
+        kl_weight = losses.kl_warmup_weight(self.iteration + 1, hp.kl_warmup)
+        return losses.objective_table(hp.alpha, hp.beta, hp.gamma, k, kl_weight)
 
-    def kl_weight(self) -> float:
-        """L_n's weight in L_enc this iteration (1 unless a KL warm-up is running)."""
-        return losses.kl_warmup_weight(self.iteration + 1, self.hparams.kl_warmup)
+    def objectives(self, terms: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Eqs. 13-15 for the networks this variant has."""
+        parts, table = self.objective_table(next(iter(terms.values())).dtype)
+        values = {name: v for name, part in parts.items() if (v := losses.weighted_sum(part, terms)) is not None}
+        return {net: losses.weighted_sum(table[net], values) for net in self.networks}
 
-    def k_in(self, dtype: torch.dtype) -> float | Tensor:
-        """k_{t-1} in the losses' dtype (the controller keeps it in float64 on the device)."""
-        return self.k.to(dtype) if isinstance(self.k, Tensor) else self.k
+    def compute_gradients(self, terms: dict[str, Tensor]) -> None:
+        """The gradient of each network's own objective (Eqs. 13-15), all taken before any step:
+        in the passes the objectives share (``performance.shared_backward``), else one per objective
+        (``vaegan.training.routing``)."""
+        if self.performance.shared_backward:
+            parts, table = self.objective_table(next(iter(terms.values())).dtype)
+            passes = routing.shared_passes(terms, parts, table, list(self.networks))
+        else:
+            passes = routing.per_objective_passes(self.objectives(terms), list(self.networks))
+        routing.backward(self, passes)
 
-    def equilibrium(self, terms: dict[str, Tensor]) -> dict[str, Tensor]:
+    def error_and_convergence(self, terms: dict[str, Tensor]) -> dict[str, Tensor]:
         """e_t (Eq. 11) and the convergence measure M, for models with a discriminator."""
         if self.discriminator is None:
             return {}
@@ -237,97 +240,19 @@ class VAEGANModule(L.LightningModule):
         args = (L_d.detach(), L_g.detach(), L_v.detach(), self.hparams.eta, self.hparams.alpha)
         return {"e": losses.equilibrium_error(*args), "M": losses.convergence_measure(*args)}
 
-    def compute_gradients(self, terms: dict[str, Tensor]) -> None:
-        """The gradient of each network's own objective (Eqs. 13-15), all taken before any step.
-
-        ``backward(inputs=...)`` restricts every gradient to the networks it is for, so the
-        discriminator never sees L_gen's gradient, the generator never sees L_dis's, and the
-        discriminator's gradient equals that of L_dis with the generator's outputs detached.
-        ``performance.shared_backward`` (the default) takes them in the passes the objectives share:
-
-            grad_D L_dis = grad_D L_d - k grad_D A,   grad_G L_gen = grad_G A + grad_G C,
-            grad_E L_enc = grad_E (L_n + C),   A = L_g + alpha L_v,   C = beta L_s + gamma L_e,
-
-        so the discriminator's passes over x_g and x_v are traversed once for both networks; else
-        there is one pass per objective (bit-identical to experiments/baseline.py).
-        """
-        for opt in self.optimizer_list():
-            opt.zero_grad(set_to_none=True)
-        if self.performance.shared_backward:
-            passes = self.shared_passes(terms)
-        else:
-            objectives = self.objectives(terms)
-            passes = [(objectives[name], [name], None) for name in self.networks]
-        for i, (loss, names, scale_discriminator) in enumerate(passes):
-            params = [p for name in names for p in self.networks[name].parameters()]
-            self.manual_backward(loss, inputs=params, retain_graph=i < len(passes) - 1)
-            if scale_discriminator is not None:  # the discriminator's first pass: its gradient so far is grad_D A
-                torch._foreach_mul_([p.grad for p in self.discriminator.parameters()], scale_discriminator)
-
-    def shared_passes(self, terms: dict[str, Tensor]) -> list[tuple[Tensor, list[str], Tensor | float | None]]:
-        """(loss, networks it is differentiated for, factor of the discriminator's gradient) per pass."""
-        hp = self.hparams
-        zero = next(iter(terms.values())).new_zeros(())
-        passes = []
-        if self.discriminator is not None:
-            k = self.k_in(zero.dtype)
-            A = losses.adversarial_term(terms["L_g"], terms.get("L_v", zero), hp.alpha)
-            passes += [(A, ["discriminator", "generator"], -k), (terms["L_d"], ["discriminator"], None)]
-        if "L_s" in terms or "L_e" in terms:
-            C = losses.shared_term(terms.get("L_s", zero), terms.get("L_e", zero), hp.beta, hp.gamma)
-            if self.encoder is not None:
-                passes.append((self.kl_weight() * terms["L_n"] + C, ["encoder", "generator"], None))
-            else:
-                passes.append((C, ["generator"], None))
-        return passes
-
-    def synchronize(self, terms: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        """The loss terms and gradients as means over all ranks (one all-reduce; nothing to do in one
-        process), then each network's gradient norm."""
-        stacked = torch.stack([value.detach().float() for value in terms.values()])
-        grads = [p.grad for net in self.networks.values() for p in net.parameters() if p.grad is not None]
-        distributed.average_across_ranks([*grads, stacked])
-        norms = {name: get_total_norm([p.grad for p in net.parameters() if p.grad is not None])
-                 for name, net in self.networks.items()}
-        return dict(zip(terms, stacked.unbind())), norms
-
     def step_networks(self, norms: dict[str, Tensor], stepped: Tensor | None = None) -> None:
-        """Algorithm 1, lines 8, 11, 13: each optimizer steps on its network's gradient, clipped to
-        ``clip[name]`` when set. Where ``stepped`` is False (read on the device by fused Adam's
-        ``found_inf``) Adam leaves weights, moments and step counts as they were; Lightning still
-        counts the step. Adam without a fused kernel for the device reads the flag from it."""
-        clip = self.hparams.clip or {}
-        for (name, net), opt in zip(self.networks.items(), self.optimizer_list()):
-            if clip.get(name):
-                clip_grads_with_norm_(net.parameters(), clip[name], norms[name])
-            adam = getattr(opt, "optimizer", opt)  # Lightning wraps it
-            if stepped is not None and adam.defaults.get("fused"):
-                adam.found_inf = (~stepped).float()
-            elif stepped is not None and not bool(stepped):
-                opt.zero_grad(set_to_none=True)  # Adam skips parameters without gradients
-            opt.step()
-            adam.__dict__.pop("found_inf", None)
+        """Algorithm 1, lines 8, 11, 13: each optimizer steps on its network's (clipped) gradient,
+        unless ``stepped`` is False (``routing.step``)."""
+        routing.step(self.networks, self.optimizer_list(), norms, self.hparams.clip or {}, stepped)
 
     def optimizer_list(self) -> list:
         optimizers = self.optimizers()
         return optimizers if isinstance(optimizers, list) else [optimizers]
 
-    def update_ema(self, iteration: int, stepped: Tensor) -> None:
-        """The EMA of the generator, as ``AveragedModel``'s EMA (the first update copies) but on the
-        device: a skipped iteration changes nothing."""
-        ema = self.generator_ema
-        if ema is None or iteration <= self.hparams.ema_start:
-            return
-        current = [*self.generator.parameters(), *self.generator.buffers()]
-        weight = (torch.where(ema.n_averaged == 0, 1.0, 1.0 - self.hparams.ema_decay) * stepped).to(current[0].dtype)
-        for average, value in zip([*ema.module.parameters(), *ema.module.buffers()], current):
-            average.detach().lerp_(value.detach(), weight)
-        ema.n_averaged += stepped.long()
-
     def is_logging_iteration(self, iteration: int | None = None) -> bool:
         """Whether iteration ``iteration`` (default: the last completed) is one of every
         ``trainer.log_every_n_steps``: the only iterations that read values from the device."""
-        every = max(1, getattr(self._trainer, "log_every_n_steps", 1))
+        every = max(1, getattr(compat.attached_trainer(self), "log_every_n_steps", 1))
         return (self.iteration if iteration is None else iteration) % every == 0
 
     def training_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
@@ -335,14 +260,15 @@ class VAEGANModule(L.LightningModule):
         ``log_every_n_steps`` iterations."""
         x = images_of(batch).contiguous(memory_format=self.memory_format)
         iteration = self.iteration + 1
-        noise = self.draw_noise(x.shape[0], iteration - 1)  # line 3: eps for Z_v; Z_g ~ N(0, I)
+        noise = self.draw_noise(x.shape[0], iteration - 1)  # line 3: eps for Z_v; line 4: Z_g ~ N(0, I)
         terms = self.compute_losses(x, noise)  # lines 3-10: forwards, L_e, L_n, L_s, L_g, L_d, L_v
         self.compute_gradients(terms)  # gradients of Eqs. 13-15, before any step
-        terms, norms = self.synchronize(terms)  # many ranks: their means, identical everywhere
-        stats = self.equilibrium(terms)  # line 12: e_t (k_t is updated by EquilibriumCallback)
+        terms, norms = sync.synchronize(terms, self.networks)  # many ranks: their means, identical everywhere
+        stats = self.error_and_convergence(terms)  # line 12: e_t (k_t is updated by PIDUpdate)
         stepped = self.guard.record(iteration, {**terms, **{f"gradient of the {n}": v for n, v in norms.items()}})
         self.step_networks(norms, stepped)  # lines 8, 11, 13: step θe, θd, θe' and θd' (unless not finite)
-        self.update_ema(iteration, stepped)
+        if self.generator_ema is not None and iteration > self.hparams.ema_start:
+            ema.update(self.generator_ema, self.generator, self.hparams.ema_decay, stepped)
         self.lr_decay.step(self, iteration, stats.get("M"))  # BEGAN's decay, when configured
         if self.is_logging_iteration(iteration):
             self.guard.poll()  # warns about skipped iterations; raises DivergenceError

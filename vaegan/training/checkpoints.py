@@ -18,7 +18,7 @@ import torch
 
 # Settings that change the shapes of the weights: a checkpoint resumes only a run that agrees on all.
 ARCHITECTURE = ("variant", "vae", "discriminator", "lsm", "image_size", "channels", "width", "latent_dim")
-# The VAE's loss convention (README, The loss convention): a run resumed under another one would change
+# The VAE's loss convention (docs/model.md, The loss convention): a run resumed under another one would change
 # its objective half-way. Checkpoints written before a key existed trained with these values.
 CONVENTION = ("kl_reduction", "lsm_normalize")
 BEFORE_THE_KEY = {"lsm_normalize": False}
@@ -71,9 +71,14 @@ def unreadable(path: Path, err: Exception, weights_only: bool, own_run: bool) ->
     return f"{path}: {what}; resume from an earlier checkpoint (checkpoints/iter_*.ckpt) or start again"
 
 
+def iterations_done(global_step: int, optimizers: int) -> int:
+    """Iterations of Algorithm 1 in ``global_step`` optimizer steps (Lightning counts each network's)."""
+    return int(global_step) // optimizers
+
+
 def check_more_to_do(ckpt: dict[str, Any], path: str | Path, iterations: int, optimizers: int) -> None:
     """A resumed run whose ``iterations`` the checkpoint has already reached would train nothing."""
-    done = ckpt.get("global_step", 0) // optimizers
+    done = iterations_done(ckpt.get("global_step", 0), optimizers)
     if iterations <= done:
         raise CheckpointError(f"{path} has already trained {done} iterations, so iterations={iterations} leaves "
                               f"nothing to do; set iterations above {done} to train on")

@@ -14,12 +14,16 @@ import torch
 from rich.console import Console
 from torchvision.utils import save_image
 
-from vaegan.latent import arithmetic as latent, classifier, panels
 from vaegan.config import ConfigError, validate
-from vaegan.data.transforms import to_model_input
+from vaegan.data.cache import default_cache_dir
+from vaegan.data.transforms import crop_and_resize, to_model_input
 from vaegan.evaluate import compose_config, load_checkpoint, run_dir_of
+from vaegan.latent import arithmetic, classifier, panels
 from vaegan.latent.explore.options import COMMON, NEEDS_ENCODER, OPTIONS_OF, ExploreError, Options
+from vaegan.metrics.settings import resolve_device
+from vaegan.training.train import build_datamodule_from
 from vaegan.utils.files import unwritable, write_atomic, write_npz
+from vaegan.utils.hashing import sha256_file
 
 
 MAX_PICTURE_BYTES = 256 * 2**20  # a grid is drawn in float32 RGB, then copied a few times on its way to PNG
@@ -60,7 +64,6 @@ class Explorer:
                 raise
             raise ConfigError(f"{err}; nor is it an option of {command}: {', '.join(COMMON + OPTIONS_OF[command])}") from None
         validate(self.cfg)
-        from vaegan.metrics.settings import resolve_device
 
         self.command, self.options, self.overrides, self.console = command, options, overrides, console
         self.out = Path(options.out).expanduser() if options.out else run_dir_of(self.ckpt) / "explore"
@@ -85,7 +88,6 @@ class Explorer:
     @property
     def dm(self):
         if self._dm is None:
-            from vaegan.training.train import build_datamodule_from
 
             self._dm = build_datamodule_from(self.cfg)
             self._dm.prepare_data()
@@ -95,7 +97,6 @@ class Explorer:
     @property
     def sha256(self) -> str:
         if self._sha256 is None:
-            from vaegan.utils.hashing import sha256_file
 
             self._sha256 = sha256_file(self.ckpt)
         return self._sha256
@@ -196,7 +197,6 @@ class Explorer:
     def files_as_pairs(self, files: list[str]) -> tuple[torch.Tensor, torch.Tensor, dict]:
         from PIL import Image, UnidentifiedImageError
 
-        from vaegan.data.transforms import crop_and_resize
 
         if len(files) % 2:
             raise ExploreError(f"files= lists {len(files)} images; it takes pairs: files=[a1.jpg,b1.jpg,a2.jpg,b2.jpg]")
@@ -214,7 +214,7 @@ class Explorer:
     def attributes(self) -> Path:
         split = self.split(default_held_out=False)
         names, codes, present = self.encode_split(split)
-        vectors, n_with, n_without = latent.attribute_vectors(codes, present)
+        vectors, n_with, n_without = arithmetic.attribute_vectors(codes, present)
         arrays = dict(vectors=vectors.numpy(), names=np.array(names), n_with=n_with.numpy(), n_without=n_without.numpy(),
                       checkpoint_sha256=np.array(self.sha256), iteration=np.array(self.iteration), split=np.array(split))
         path = write_npz(self.out / f"attributes_{split}.npz", arrays)
@@ -224,15 +224,15 @@ class Explorer:
     def encode_split(self, split: str) -> tuple[list[str], torch.Tensor, torch.Tensor]:
         """The split's attribute (or class) names, posterior means and bool table (N, A)."""
         try:
-            names, key = latent.attribute_table(self.dm)
+            names, key = arithmetic.attribute_table(self.dm)
         except ValueError as err:
             raise ExploreError(f"data={self.cfg.data.name}: {err}") from None
         rows = self.dm.splits[split]
         target = np.asarray(self.dm.data.arrays[key])[rows]
         with self.console.status(f"encoding the {len(rows)} images of the {split} split"):  # a batch at a time from disk
-            codes = latent.encode_images(self.module.encoder, self.dm.data.images, self.options.batch_size, self.device,
+            codes = arithmetic.encode_images(self.module.encoder, self.dm.data.images, self.options.batch_size, self.device,
                                          rows=rows)
-        return names, codes, latent.presence(target, len(names))
+        return names, codes, arithmetic.presence(target, len(names))
 
     def load_vectors(self) -> tuple[list[str], torch.Tensor, np.lib.npyio.NpzFile]:
         o = self.options
@@ -285,11 +285,11 @@ class Explorer:
             return None, self.draw_z(o.n), dict(seed=o.seed)
         split = self.split()
         indices, x = self.chosen_images(split, cells_each=len(o.weights) + 1)  # the real image, then each weight
-        return x, latent.encode_images(self.module.encoder, x, o.batch_size, self.device), dict(split=split, indices=indices)
+        return x, arithmetic.encode_images(self.module.encoder, x, o.batch_size, self.device), dict(split=split, indices=indices)
 
     def attribute_names(self) -> list[str]:
         try:
-            return latent.attribute_table(self.dm)[0]
+            return arithmetic.attribute_table(self.dm)[0]
         except ValueError as err:
             raise ExploreError(f"data={self.cfg.data.name}: {err}") from None
 
@@ -303,7 +303,6 @@ class Explorer:
 
     def classifier_cache(self) -> Path:
         """Where ``--measure`` keeps its trained classifiers: ``classifier_dir``, else under the data's cache."""
-        from vaegan.data.cache import default_cache_dir
 
         o = self.options
         cache = Path(o.classifier_dir).expanduser() if o.classifier_dir else Path(self.cfg.data.cache_dir or default_cache_dir()) / "classifiers"
