@@ -30,7 +30,7 @@ class NaiveVAEGAN:
         shape = dict(image_size=image_size, channels=channels, width=width, latent_dim=latent_dim)
         self.encoder, self.generator, self.discriminator = VAEEncoder(**shape), Decoder(**shape), Discriminator(**shape)
         self.alpha, self.beta, self.gamma, self.eta = alpha, beta, gamma, eta
-        self.kl_reduction, self.lsm_normalize = kl_reduction, lsm_normalize  # the loss convention (README)
+        self.kl_reduction, self.lsm_normalize = kl_reduction, lsm_normalize  # the loss convention (docs/model.md)
         self.optimizers = [torch.optim.Adam(net.parameters(), lr=lr, betas=betas, fused=fused) for net in self.networks]
         self.controller = PIDController(**(controller or {}))
         self.history: list[dict[str, float]] = []

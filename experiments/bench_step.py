@@ -247,7 +247,7 @@ def count(make: Callable[[], object]) -> tuple[float, int]:
 
 def checkpointed(runner: Bare, per_scale: bool) -> Bare:
     """Activation checkpointing of every network pass, per scale (all but the last, as
-    ``checkpoint_sequential`` does) or whole. Bench only: it does not pay off (README, Performance)."""
+    ``checkpoint_sequential`` does) or whole. Bench only: it does not pay off (docs/performance.md)."""
     def wrap(features: torch.nn.Sequential) -> None:
         layers = list(features)
         scales = 1 + sum(isinstance(m, torch.nn.Upsample) or getattr(m, "stride", (1, 1)) == (2, 2) for m in layers)

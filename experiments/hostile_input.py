@@ -1,4 +1,4 @@
-"""Hostile input, measured: each fault of README's table "Hostile input" run as a user would, with
+"""Hostile input, measured: each fault of the "Hostile input" table of docs/fault-tolerance.md run as a user would, with
 its exit status, its time and the last line it prints.
 
     python experiments/hostile_input.py                 # every fault, one table (about 3 minutes on 2 cores)

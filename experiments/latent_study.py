@@ -1,4 +1,4 @@
-"""The latent-use study (README, "The loss convention"): which VAE loss convention keeps the code.
+"""The latent-use study (docs/model.md, "The loss convention"): which VAE loss convention keeps the code.
 
     python experiments/latent_study.py                    # every setting, 2 jobs at a time (make latent-study)
     python experiments/latent_study.py --settings mean,elbo --jobs 1

