@@ -115,7 +115,7 @@ def free_port() -> int:
 
 
 # ------------------------------------------------------------------------------ real data
-# The project's shared data (../shared/data next to the repository; see README, Data). Tests never
+# The project's shared data (../shared/data next to the repository; see docs/data.md). Tests never
 # copy it into the repository: they build layouts inside pytest's tmp_path and read the rest in place.
 SHARED = ROOT.parent / "shared" / "data"
 SHARED_CELEBA = SHARED / "celeba"
@@ -125,7 +125,7 @@ def require_shared(*parts: str) -> Path:
     """``SHARED/<parts>``, or skip the test when it is absent."""
     path = SHARED.joinpath(*parts)
     if not path.exists():
-        pytest.skip(f"{path} not found: real-data tests need ../shared/data (see README)")
+        pytest.skip(f"{path} not found: real-data tests need ../shared/data (see docs/data.md)")
     return path
 
 

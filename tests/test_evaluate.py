@@ -118,6 +118,7 @@ def test_writes_metrics_json_with_its_protocol(run, fast, tiny_extractor_file, c
     assert not list(run.glob(".metrics.json.*"))  # no temporary file left behind
 
 
+@pytest.mark.slow
 def test_second_evaluation_keeps_the_first_in_history(run, fast, capsys):
     assert main([f"ckpt_path={ckpt_of(run)}", *fast]) == 0
     first = json.loads((run / "metrics.json").read_text())
@@ -136,6 +137,7 @@ def test_second_evaluation_keeps_the_first_in_history(run, fast, capsys):
     assert history == [first, second]
 
 
+@pytest.mark.slow
 def test_uses_the_runs_saved_config_with_single_key_overrides(run, fast, capsys):
     # The defaults are data.image_size=32, channels=3: only the saved config.yaml (16 px, grey
     # digits) lets this 16 px checkpoint evaluate without data overrides.
@@ -150,6 +152,7 @@ def test_uses_the_runs_saved_config_with_single_key_overrides(run, fast, capsys)
     assert train_split["reference_key"] != record["reference_key"]
 
 
+@pytest.mark.slow
 def test_missing_config_yaml_is_refused_unless_the_data_is_named(run, fast, capsys):
     (run / "config.yaml").unlink()
     # the defaults' data would score the model against images it never saw: refused
@@ -168,6 +171,7 @@ def test_missing_config_yaml_is_refused_unless_the_data_is_named(run, fast, caps
     assert json.loads((run / "metrics.json").read_text())["protocol"]["dataset"] == "digits"
 
 
+@pytest.mark.slow
 def test_entry_point_runs_as_a_module(run, fast):
     result = evaluate_cli(f"ckpt_path={ckpt_of(run)}", *fast)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -308,6 +312,7 @@ def test_no_metrics_to_compute_is_refused(began_run, fast, capsys):
 
 
 # ------------------------------------------------------------------------------ offline Inception
+@pytest.mark.slow
 def test_inception_offline_fails_fast_and_says_where_to_put_the_weights(run, tmp_path, refcache):
     from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 
@@ -339,12 +344,14 @@ def test_inception_offline_fails_fast_and_says_where_to_put_the_weights(run, tmp
 
 
 # ------------------------------------------------------------------------------ regressions
+@pytest.mark.slow
 def test_main_leaves_autograd_alone(run, fast, capsys):
     assert torch.is_grad_enabled()
     assert main([f"ckpt_path={ckpt_of(run)}", *fast]) == 0
     assert torch.is_grad_enabled()
 
 
+@pytest.mark.slow
 def test_protocol_and_path_are_printed_on_whole_lines(run, fast, capsys, monkeypatch):
     monkeypatch.delenv("COLUMNS", raising=False)  # stdout is a pipe, as in a log file or a batch job
     assert main([f"ckpt_path={ckpt_of(run)}", *fast]) == 0
@@ -355,6 +362,7 @@ def test_protocol_and_path_are_printed_on_whole_lines(run, fast, capsys, monkeyp
     assert f"wrote {run / 'metrics.json'}" in lines
 
 
+@pytest.mark.slow
 def test_a_damaged_metrics_json_neither_crashes_nor_loses_results(run, fast, capsys):
     damaged = '{"values": {"fid": 1.0'  # e.g. a copy interrupted half-way
     (run / "metrics.json").write_text(damaged)

@@ -104,6 +104,7 @@ def test_free_bits_need_a_per_image_kl_and_plateau_needs_m(compose_cfg, tmp_path
         validate(compose_cfg(["+experiment=quickstart", "model=vae", "model.optimizer.lr_decay.mode=plateau"], tmp_path))
 
 
+@pytest.mark.slow
 def test_cli_rejects_bad_keys_before_training(tmp_path):
     start = time.monotonic()
     typo = run_cli("+experiment=quickstart", "model.widht=8", f"hydra.run.dir={tmp_path}/a")

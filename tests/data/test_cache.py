@@ -198,6 +198,7 @@ def pristine_cache(tmp_path_factory):
 
 
 @pytest.mark.parametrize("damage", DAMAGE_CASES)
+@pytest.mark.slow
 def test_damaged_cache_is_detected_and_rebuilt(pristine_cache, tmp_path, capfd, celeba_npz, damage):
     celeba_root, pristine = pristine_cache
     shutil.copytree(pristine, tmp_path / "cache")

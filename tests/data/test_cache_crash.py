@@ -8,6 +8,8 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import celeba_jpegs
 from tests.data.test_cache import assert_matches_npz, cache_dirs
 from vaegan.data.cache import cache_dir_for, cache_key, load_or_build, open_cache
@@ -143,6 +145,7 @@ def test_concurrent_builds_are_serialised(tmp_path, capfd, celeba_npz):
 # ------------------------------------------------------------------------------------ bad images
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_a_build_with_workers_stops_it_at_once(tmp_path):
     """Ctrl-C (SIGINT to the process group, as a terminal sends it) while worker processes decode:
     the command stops within seconds with one line, and leaves no partial cache behind."""

@@ -209,6 +209,7 @@ def test_load_or_train_reads_the_cache_instead_of_training(digits, trained_judge
     assert not again.model.training
 
 
+@pytest.mark.slow
 def test_load_or_train_keys_the_cache_by_its_settings(digits, trained_judge, tmp_path, monkeypatch):
     calls = []
     real_fit = classifier.fit

@@ -188,6 +188,7 @@ def test_sample_writes_a_grid_and_its_record(ckpt, tmp_path, capsys):
     assert "sample_seed3_t1.png" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_sample_at_temperature_zero_decodes_the_origin(ckpt, model, tmp_path):
     out = tmp_path / "out"
     assert main(["sample", f"ckpt_path={ckpt}", "n=5", "nrow=3", "temperature=0", f"out={out}"]) == 0
@@ -200,6 +201,7 @@ def test_sample_at_temperature_zero_decodes_the_origin(ckpt, model, tmp_path):
     assert np.all(cell(pic, 1, 2) == 255)  # the blank that fills the last row
 
 
+@pytest.mark.slow
 def test_sample_draws_z_from_the_seed(ckpt, model, tmp_path):
     for seed in (1, 2):
         assert main(["sample", f"ckpt_path={ckpt}", "n=4", "nrow=4", f"seed={seed}", "temperature=0.5",
@@ -218,6 +220,7 @@ def test_sample_draws_z_from_the_seed(ckpt, model, tmp_path):
         assert_pixels(cell(a, 0, i), shown(x[i]))
 
 
+@pytest.mark.slow
 def test_sample_defaults_to_64_images_in_the_run_dir(run, tmp_path):
     copy = Path(shutil.copytree(run, tmp_path / "run"))
     assert main(["sample", f"ckpt_path={copy / 'checkpoints' / 'last.ckpt'}", "temperature=0.5"]) == 0
@@ -248,6 +251,7 @@ def test_reconstruct_shows_fig4_rows_of_the_held_out_images(ckpt, model, dm, tmp
     assert record["split"] == "valid" and record["indices"] == [0, 1, 2, 3, 4]
 
 
+@pytest.mark.slow
 def test_reconstruct_chosen_indices_of_another_split(ckpt, dm, tmp_path):
     out = tmp_path / "out"
     assert main(["reconstruct", f"ckpt_path={ckpt}", "split=test", "indices=[7,3]", f"out={out}"]) == 0
@@ -261,6 +265,7 @@ def test_reconstruct_chosen_indices_of_another_split(ckpt, dm, tmp_path):
 
 
 # ------------------------------------------------------------------------------ BEGAN (no encoder)
+@pytest.mark.slow
 def test_began_samples_and_reconstructs_without_a_vae_row(began_run, tmp_path):
     ckpt = began_run / "checkpoints" / "last.ckpt"
     out = tmp_path / "out"
@@ -273,6 +278,7 @@ def test_began_samples_and_reconstructs_without_a_vae_row(began_run, tmp_path):
 
 
 @pytest.mark.parametrize("command", [["interpolate"], ["attributes"], ["edit", "attrs=[Smiling]"]])
+@pytest.mark.slow
 def test_began_cannot_encode(began_run, tmp_path, capsys, command):
     out = tmp_path / "out"
     rc = main([command[0], f"ckpt_path={began_run / 'checkpoints' / 'last.ckpt'}", f"out={out}", *command[1:]])
@@ -305,6 +311,7 @@ def test_interpolate_pairs_of_the_split(ckpt, model, dm, tmp_path):
     assert record["options"]["steps"] == steps and record["options"]["mode"] == "linear"
 
 
+@pytest.mark.slow
 def test_interpolate_default_pairs_spherical(ckpt, tmp_path):
     out = tmp_path / "out"
     assert main(["interpolate", f"ckpt_path={ckpt}", "mode=spherical", f"out={out}"]) == 0
@@ -400,6 +407,7 @@ def test_edit_real_images_along_attribute_vectors(attributes_file, ckpt, model, 
         assert record["options"]["weights"] == weights
 
 
+@pytest.mark.slow
 def test_edit_random_codes(attributes_file, ckpt, model, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
@@ -415,6 +423,7 @@ def test_edit_random_codes(attributes_file, ckpt, model, tmp_path):
     assert record["seed"] == 4
 
 
+@pytest.mark.slow
 def test_edit_recomputes_attributes_of_another_checkpoint(attributes_file, ckpt, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
@@ -435,6 +444,7 @@ def test_edit_makes_the_attributes_file_when_missing(ckpt, tmp_path):
 
 
 # ------------------------------------------------------------------------------ edit --measure
+@pytest.mark.slow
 def test_measured_edit_writes_rates_and_caches_the_classifier(attributes_file, ckpt, dm, tmp_path, monkeypatch):
     from vaegan.latent import classifier
 
@@ -540,6 +550,7 @@ BAD = {
 
 
 @pytest.mark.parametrize("case", list(BAD))
+@pytest.mark.slow
 def test_bad_input_fails_cleanly(case, attributes_file, ckpt, tmp_path, capsys):
     argv, kind, needles = BAD[case]
     out = tmp_path / "out"
@@ -648,6 +659,7 @@ TOO_MANY = {  # argv, the key the message names
 
 
 @pytest.mark.parametrize("case", list(TOO_MANY))
+@pytest.mark.slow
 def test_a_picture_too_big_for_memory_is_refused_at_once(case, attributes_file, ckpt, tmp_path, capsys):
     argv, key = TOO_MANY[case]
     out = tmp_path / "out"
@@ -671,6 +683,7 @@ BATCHED = {  # argv with batch_size=2; the model's methods each must only ever s
 
 
 @pytest.mark.parametrize("command", list(BATCHED))
+@pytest.mark.slow
 def test_commands_decode_and_encode_in_batches(command, attributes_file, ckpt, tmp_path, monkeypatch):
     sizes: dict[str, list[int]] = {}
 
@@ -719,6 +732,7 @@ def test_a_failed_write_leaves_nothing_behind(ckpt, tmp_path, capsys, monkeypatc
     assert files_in(out) == set()  # neither the half-written temporary file nor a record
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_kind_fails_cleanly(tmp_path, capsys):
     other = tmp_path / "checkpoints" / "other.ckpt"
     other.parent.mkdir()
@@ -747,6 +761,7 @@ def test_a_checkpoint_without_its_config_needs_the_data_named(run, tmp_path, cap
 
 
 # ------------------------------------------------------------------------------ the entry point
+@pytest.mark.slow
 def test_module_entry_point(ckpt, tmp_path):
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, "-m", "vaegan.explore", "sample", f"ckpt_path={ckpt}", "n=4", "nrow=2",

@@ -300,6 +300,7 @@ def test_best_fid_survives_a_resume(evaluated_run, tmp_path, monkeypatch, tiny_e
 
 
 # ------------------------------------------------------------------------------ DDP
+@pytest.mark.slow
 def test_ddp_evaluates_on_rank_zero_and_shares_the_values(tmp_path, tiny_extractor_file):
     out = tmp_path / "ddp"
     out.mkdir()

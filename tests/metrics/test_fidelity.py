@@ -317,6 +317,7 @@ def count_reference_batches(monkeypatch) -> list[int]:
     return calls
 
 
+@pytest.mark.slow
 def test_reference_cache(model, digits, tiny, tmp_path, monkeypatch):
     g = model.generator
     small = {**EVAL, "num_samples": 24, "num_reference": 40, "kid_subset_size": 20}
@@ -433,6 +434,7 @@ class Unflatten(torch.nn.Module):
         return z.view(-1, 1, 16, 16).clamp(-1, 1)
 
 
+@pytest.mark.slow
 def test_rfid_and_latent_use_of_the_reconstructions(digits, tiny):
     """With an encoder, the reference images are reconstructed through F_vae-d(mu_v(x)) and compared
     through the same extractor: lossless reconstructions have rFID 0 (up to the rounding of the

@@ -156,10 +156,11 @@ def test_monitor_can_stop_a_collapsed_run(caplog):
 
 
 # ------------------------------------------------------------------------------ real data
+@pytest.mark.slow
 def test_the_default_convention_keeps_its_code_on_real_faces(compose_cfg, tmp_path):
     """300 iterations of +experiment=celeba_cpu with its defaults, measured on 256 held-out faces by
     the in-training monitor. The earlier default (kl_reduction=mean) gave 5.7 nats per image and
-    +2.7 dB over the mean image at this point (README, The loss convention): it fails both bounds."""
+    +2.7 dB over the mean image at this point (docs/model.md, The loss convention): it fails both bounds."""
     import csv
 
     from tests.conftest import require_shared

@@ -252,6 +252,7 @@ def test_report_ranks_by_final_m(sweep: Path, capsys) -> None:
     assert len(np.unique(image.reshape(-1, image.shape[-1]), axis=0)) > 10  # not one colour
 
 
+@pytest.mark.slow
 def test_report_ranks_by_fid_when_every_configuration_has_one(tmp_path: Path) -> None:
     root = tmp_path / "multirun"
     for job, (controller, seed, fid) in enumerate([("began", 0, 30.0), ("began", 1, 32.0), ("pid", 0, 50.0),
@@ -280,6 +281,7 @@ def test_report_without_e_writes_no_equilibrium(tmp_path: Path, capsys) -> None:
     assert not (tmp_path / "equilibrium.csv").exists() and "equilibrium" not in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_report_leaves_out_runs_without_e(sweep: Path) -> None:
     d = sweep / "4"
     (d / ".hydra").mkdir(parents=True)

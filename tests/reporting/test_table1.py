@@ -5,7 +5,11 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import ROOT, require_shared
+
+pytestmark = pytest.mark.slow  # trains, evaluates and reports a 4-variant multirun through experiments/table1.py
 
 VARIANTS = ["began", "began_pid", "began_pid_lsm", "vaegan"]
 

@@ -46,6 +46,7 @@ def assert_close_weights(a: dict, b: dict, atol: float) -> None:
         assert torch.allclose(a[name].float(), b[name].float(), rtol=0, atol=atol), name
 
 
+@pytest.mark.slow
 def test_ranks_agree_at_every_iteration_and_match_one_process(tmp_path, one_process):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(ROOT / "tests" / "ddp_training.py"), str(tmp_path), *SHORT, *PER_RANK]
@@ -66,6 +67,7 @@ def test_ranks_agree_at_every_iteration_and_match_one_process(tmp_path, one_proc
     assert r0["history"][-1]["k"] == pytest.approx(one_process["callbacks"]["EquilibriumCallback"]["k"], abs=1e-7)
 
 
+@pytest.mark.slow
 def test_trainer_ddp_cpu_launches_its_ranks_from_the_run_config(tmp_path, one_process):
     done = run_cli(*SHORT, *PER_RANK, f"hydra.run.dir={tmp_path}", timeout=300, env=env())
     assert done.returncode == 0, done.stderr[-3000:]
@@ -80,6 +82,7 @@ def test_trainer_ddp_cpu_launches_its_ranks_from_the_run_config(tmp_path, one_pr
     assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == [f"iter_{ITERATIONS:07d}.png"]
 
 
+@pytest.mark.slow
 def test_multirun_of_ddp_jobs_runs_each_job_once(tmp_path):
     done = run_cli("-m", *SHORT, "iterations=2", *PER_RANK, "seed=0,1", f"hydra.sweep.dir={tmp_path}",
                    timeout=400, env=env())
@@ -116,6 +119,7 @@ def test_a_global_batch_larger_than_the_data_is_refused():
         IterationBatchSampler(50, 32, world_size=2)
 
 
+@pytest.mark.slow
 def test_slurm_tasks_become_the_ranks_without_a_relaunch(tmp_path, one_process):
     """As srun starts them: one task per device, ranks from SLURM's variables; Lightning's SLURM
     environment takes over (its own requeue off), and no task starts further processes."""
@@ -132,6 +136,7 @@ def test_slurm_tasks_become_the_ranks_without_a_relaunch(tmp_path, one_process):
     assert_close_weights(ckpt["state_dict"], one_process["state_dict"], atol=1e-6)
 
 
+@pytest.mark.slow
 def test_sigterm_stops_every_rank_at_one_iteration_and_the_run_resumes_exactly(tmp_path):
     from tests.training.test_resume import assert_identical, finish, start, training_state, wait_for
 

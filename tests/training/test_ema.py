@@ -85,6 +85,7 @@ def test_ema_checkpoint_outputs_use_the_averaged_weights(ema_run):
     (["model.ema.decay=0", "iterations=2"], False),  # no EMA at all
     (["model.ema.decay=0.9", "model.ema.start=5", "iterations=3"], True),  # EMA not started yet
 ], ids=["off", "not-started"])
+@pytest.mark.slow
 def test_without_an_averaged_ema_outputs_use_the_trained_generator(compose_cfg, tmp_path, monkeypatch, overrides,
                                                                    has_ema):
     path, _ = train_recording(monkeypatch, compose_cfg([*FAST, *overrides], tmp_path))

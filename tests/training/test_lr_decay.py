@@ -72,6 +72,7 @@ def test_step_mode_halves_every_n_iterations_in_a_real_run(compose_cfg, tmp_path
     assert lrs == pytest.approx({2: LR, 3: LR / 2, 4: LR / 2, 5: LR / 2, 6: LR / 4, 7: LR / 4})
 
 
+@pytest.mark.slow
 def test_step_mode_resumes_exactly(compose_cfg, tmp_path):
     from vaegan.training.train import train
 

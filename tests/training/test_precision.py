@@ -48,6 +48,7 @@ def weights(run: Path) -> dict[str, torch.Tensor]:
     return torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
 
 
+@pytest.mark.slow
 def test_bf16_mixed_trains_with_finite_losses(runs):
     rows = iteration_rows(runs["bf16-mixed"])
     assert [int(r["step"]) for r in rows] == [0, 1, 2, 3]
@@ -56,6 +57,7 @@ def test_bf16_mixed_trains_with_finite_losses(runs):
     assert [float(r["train/skipped_iterations"]) for r in rows] == [0, 0, 0, 0]
 
 
+@pytest.mark.slow
 def test_bf16_mixed_keeps_fp32_weights_close_to_but_not_equal_to_32_true(runs):
     bf16, fp32 = weights(runs["bf16-mixed"]), weights(runs["32-true"])
     assert bf16.keys() == fp32.keys()

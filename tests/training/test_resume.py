@@ -66,6 +66,7 @@ def assert_identical(a, b, where: str = "") -> None:
         assert a == b, where
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path):
     reference, killed = tmp_path / "reference", tmp_path / "killed"
     code, err = finish(start(*RUN, f"hydra.run.dir={reference}"))
@@ -96,6 +97,7 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path):
     assert not list((killed / "checkpoints").glob(".*.tmp"))  # no half-written file left behind
 
 
+@pytest.mark.slow
 def test_sigterm_writes_last_ckpt_and_exits(tmp_path):
     long_run = [*TINY, "iterations=100000", "callbacks.checkpoint.every_n_iterations=20", f"hydra.run.dir={tmp_path}"]
     proc = start(*long_run)
@@ -152,6 +154,7 @@ def test_requeue_signal_saves_then_calls_the_handler_it_found(compose_cfg, tmp_p
     assert calls == [(signal.SIGUSR2, 7)]
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_like_sigterm_and_the_run_resumes_bit_identical(tmp_path):
     reference, stopped = tmp_path / "reference", tmp_path / "stopped"
     code, err = finish(start(*RUN, f"hydra.run.dir={reference}"))
@@ -172,6 +175,7 @@ def test_ctrl_c_saves_like_sigterm_and_the_run_resumes_bit_identical(tmp_path):
     assert_identical(training_state(last), training_state(reference / "checkpoints" / "last.ckpt"))
 
 
+@pytest.mark.slow
 def test_a_second_ctrl_c_exits_at_once_naming_what_is_not_saved(tmp_path):
     slow = ("import sys, time, runpy; from vaegan.models.module import VAEGANModule; step = VAEGANModule.training_step; "
             "VAEGANModule.training_step = lambda self, *a: (time.sleep(0.5), step(self, *a))[1]; "  # iterations of 0.5 s

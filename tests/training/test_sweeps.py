@@ -68,6 +68,7 @@ def test_resume_study_counts_finished_trials_and_fails_stale_ones(tmp_path):
     assert resume_study(storage, "new", 4) == (4, 0)
 
 
+@pytest.mark.slow
 def test_a_two_job_grid_sweep_with_joblib_is_ranked_by_the_report(tmp_path):
     sweep_dir = tmp_path / "grid"
     sweep(*SHORT, "hparams_search=pid_grid", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
@@ -84,6 +85,7 @@ def test_a_two_job_grid_sweep_with_joblib_is_ranked_by_the_report(tmp_path):
     assert (sweep_dir / "equilibrium.png").stat().st_size > 5000
 
 
+@pytest.mark.slow
 def test_a_two_trial_optuna_sweep_resumes_and_is_ranked_by_the_report(tmp_path):
     sweep_dir, db = tmp_path / "optuna", tmp_path / "db" / "study.db"  # the db's folder does not exist yet
     args = [*SHORT, "hparams_search=optuna", f"hydra.sweeper.storage=sqlite:///{db}", f"hydra.sweep.dir={sweep_dir}"]

@@ -133,6 +133,7 @@ def cifar_run(tmp_path_factory):
     return run_dir, overrides, result
 
 
+@pytest.mark.slow
 def test_offline_run_holds_every_scalar_at_every_iteration(cifar_run):
     run_dir, _, result = cifar_run
     assert "W&B: no API key" in result.stderr + result.stdout
@@ -154,6 +155,7 @@ def test_offline_run_holds_every_scalar_at_every_iteration(cifar_run):
     assert json.loads((run_dir / "wandb_run.json").read_text())["id"] == run_record(run).run_id
 
 
+@pytest.mark.slow
 def test_offline_run_uploads_the_resolved_config_tags_and_group(cifar_run):
     run_dir, _, _ = cifar_run
     (run,) = offline_runs(run_dir)
@@ -164,6 +166,7 @@ def test_offline_run_uploads_the_resolved_config_tags_and_group(cifar_run):
     assert list(record.tags) == ["test"] and record.project == "vaegan" and record.display_name == "run"
 
 
+@pytest.mark.slow
 def test_offline_run_images_are_the_panels_as_uint8_not_black(cifar_run):
     run_dir, _, _ = cifar_run
     (run,) = offline_runs(run_dir)
@@ -180,6 +183,7 @@ def test_offline_run_images_are_the_panels_as_uint8_not_black(cifar_run):
                 assert pixels.std() > 30 and len(np.unique(pixels)) > 200
 
 
+@pytest.mark.slow
 def test_the_equilibrium_chart_holds_e_k_and_the_target_of_every_logged_iteration(cifar_run):
     run_dir, _, _ = cifar_run
     (run,) = offline_runs(run_dir)
@@ -211,6 +215,7 @@ def test_the_equilibrium_chart_of_a_long_run_is_thinned_to_fit_a_wandb_table():
     assert len(set(np.diff(steps))) == 1  # evenly spaced
 
 
+@pytest.mark.slow
 def test_a_resumed_run_continues_the_same_wandb_run(cifar_run, tmp_path):
     run_dir, overrides, _ = cifar_run
     first = json.loads((run_dir / "wandb_run.json").read_text())["id"]
@@ -255,6 +260,7 @@ def run_in_terminal(cmd: list[str], env: dict[str, str], timeout: float) -> tupl
     return status, out.decode(errors="replace")
 
 
+@pytest.mark.slow
 def test_the_harness_sees_wandbs_own_prompt(tmp_path):
     """Control: plain ``wandb.init()`` without a key at a terminal prompts, and the harness sees it."""
     code = f"import wandb; wandb.init(project='x', dir={str(tmp_path)!r})"
@@ -263,6 +269,7 @@ def test_the_harness_sees_wandbs_own_prompt(tmp_path):
 
 
 @pytest.mark.parametrize("mode", ["auto", "online"])
+@pytest.mark.slow
 def test_no_key_at_a_terminal_trains_offline_without_a_prompt(tmp_path, mode):
     cmd = [sys.executable, "-m", "vaegan.run", *TINY, "iterations=3", "logger=wandb", f"logger.wandb.mode={mode}",
            f"hydra.run.dir={tmp_path / 'run'}"]
@@ -272,6 +279,7 @@ def test_no_key_at_a_terminal_trains_offline_without_a_prompt(tmp_path, mode):
     assert "no API key" in out and len(offline_runs(tmp_path / "run")) == 1
 
 
+@pytest.mark.slow
 def test_an_unreachable_server_falls_back_to_offline_within_the_timeout(tmp_path):
     env = clean_env(tmp_path, WANDB_API_KEY=FAKE_KEY, WANDB_BASE_URL="http://10.255.255.1:8080")  # unroutable
     start = time.monotonic()
@@ -284,6 +292,7 @@ def test_an_unreachable_server_falls_back_to_offline_within_the_timeout(tmp_path
     assert len(offline_runs(tmp_path / "run")) == 1
 
 
+@pytest.mark.slow
 def test_disabled_writes_nothing(tmp_path):
     result = train(tmp_path / "run", *TINY, "iterations=2", "logger=wandb", "logger.wandb.mode=disabled",
                    env=clean_env(tmp_path))
@@ -291,6 +300,7 @@ def test_disabled_writes_nothing(tmp_path):
     assert not (tmp_path / "run" / "wandb").exists() and not (tmp_path / "run" / "wandb_run.json").exists()
 
 
+@pytest.mark.slow
 def test_a_multirun_makes_one_wandb_run_per_job_grouped_by_sweep(tmp_path):
     sweep = tmp_path / "sweep"
     result = run_cli("-m", *TINY, "iterations=2", "seed=0,1", "logger=wandb", "logger.wandb.mode=offline",

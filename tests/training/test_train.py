@@ -28,6 +28,7 @@ def trained_run(tmp_path_factory):
     return run_dir
 
 
+@pytest.mark.slow
 def test_training_learns_and_moves_k(trained_run):
     rows = iteration_rows(trained_run)
     assert [r["step"] for r in rows] == list(range(40))  # one row per iteration, indexed by iteration
@@ -38,12 +39,14 @@ def test_training_learns_and_moves_k(trained_run):
         assert all(torch.isfinite(torch.tensor(r[f"train/{name}"])) for r in rows), name
 
 
+@pytest.mark.slow
 def test_progress_bar_shows_iteration_k_and_m(trained_run):
     out = (trained_run / "stdout.txt").read_text()
     last = [line for line in out.splitlines() if line.startswith("iteration")][-1]
     assert "40/40" in last and " k=" in last and " M=" in last
 
 
+@pytest.mark.slow
 def test_every_output_is_written(trained_run):
     for path in ["config.yaml", ".hydra/config.yaml", "metrics.csv", "checkpoints/last.ckpt",
                  "checkpoints/iter_0000020.ckpt", "checkpoints/iter_0000040.ckpt", "run.log"]:
@@ -56,6 +59,7 @@ def test_every_output_is_written(trained_run):
     assert samples[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_every_panel_is_written_and_logged_to_tensorboard(trained_run):
     from PIL import Image
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -87,6 +91,7 @@ def test_loggers_with_log_image_get_uint8_pixels():
     assert np.array_equal(pixels, (picture * 255 + 0.5).byte().permute(1, 2, 0).numpy())  # torchvision's save_image
 
 
+@pytest.mark.slow
 def test_checkpoint_loads_into_the_public_api(trained_run):
     ckpt = trained_run / "checkpoints" / "last.ckpt"
     state = load(ckpt)
@@ -99,6 +104,7 @@ def test_checkpoint_loads_into_the_public_api(trained_run):
     assert model.decode(mu).shape == x.shape and model.discriminate(x)[1].shape == x.shape
 
 
+@pytest.mark.slow
 def test_resume_restores_iteration_controller_and_optimizers(trained_run, tmp_path):
     ckpt = trained_run / "checkpoints" / "iter_0000020.ckpt"
     saved = load(ckpt)
@@ -148,6 +154,7 @@ def test_resuming_in_the_same_directory_keeps_earlier_metrics(tmp_path):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the machine has a GPU")
+@pytest.mark.slow
 def test_asking_for_a_gpu_on_a_machine_without_one(tmp_path):
     result = run_cli(*TINY, "trainer=gpu", "iterations=2", f"hydra.run.dir={tmp_path}")
     line = ("Config error: trainer.accelerator=gpu: no CUDA GPU is visible here (torch.cuda.is_available() is False); "
@@ -167,6 +174,7 @@ def test_a_write_that_fails_in_the_run_directory_names_the_file(compose_cfg, tmp
                                          "fix the permissions, or choose another hydra.run.dir")
 
 
+@pytest.mark.slow
 def test_a_full_dev_shm_names_the_loader_workers_and_the_fix(tmp_path):
     """DataLoader workers hand batches over in /dev/shm; a tiny one (as in Docker) kills them (large
     batches) or leaves them stuck (small ones), which data.worker_timeout turns into an error."""

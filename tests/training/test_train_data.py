@@ -10,6 +10,8 @@ import torch
 
 from tests.conftest import SHARED, make_celeba_layout, require_shared, run_cli
 
+pytestmark = pytest.mark.slow  # every test reads one module fixture: three `python -m vaegan.run` runs
+
 SMALL = ["iterations=3", "model.width=4", "model.latent_dim=8", "data.batch_size=8", "data.image_size=16",
          "callbacks.progress_bar.enabled=false", "trainer.enable_model_summary=false"]
 
