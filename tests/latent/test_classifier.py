@@ -229,6 +229,7 @@ def test_load_or_train_keys_the_cache_by_its_settings(digits, trained_judge, tmp
     assert trained_judge[1] != cache and {p.name for p in trained_judge[1].iterdir()} <= {p.name for p in cache.iterdir()}
 
 
+@pytest.mark.slow
 def test_a_damaged_cache_is_retrained(digits, trained_judge, tmp_path, monkeypatch):
     judge, cache = trained_judge
     (good,) = cache.iterdir()

@@ -326,6 +326,7 @@ def random_inception_file(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_inception_v3_compat_from_a_local_file(random_inception_file, monkeypatch):
     monkeypatch.setattr(extractors, "reachable", no_network)
     monkeypatch.setattr(extractors, "download", no_network)

@@ -265,6 +265,7 @@ def test_last_checkpoint_after_divergence_is_the_one_written_before_it(diverged_
     assert (ckpt["global_step"], ckpt["divergence_guard"]["skipped"]) == (4 * 3, 0)
 
 
+@pytest.mark.slow
 def test_cli_exits_with_training_diverged(compose_cfg, tmp_path, monkeypatch):
     from vaegan.run import execute
 
@@ -279,6 +280,7 @@ def test_cli_exits_with_training_diverged(compose_cfg, tmp_path, monkeypatch):
                          "with a lower learning rate or gradient clipping (model.optimizer.clip)")
 
 
+@pytest.mark.slow
 def test_cli_after_a_checkpoint_names_it(compose_cfg, tmp_path, monkeypatch):
     from vaegan.run import execute
 
