@@ -37,6 +37,23 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+THREADS = torch.get_num_threads()  # what the environment gives (OMP_NUM_THREADS, else the cores)
+
+
+@pytest.fixture(autouse=True)
+def fast_tier_threads(request):
+    """The fast tier (``make test``, ``-m "not slow"``) runs every test with one intra-op thread, as
+    ``one_thread`` does for its modules: its models and batches are tiny, and two threads on two cores
+    shared with other processes made it several times slower (measured: 64-73 s against 110-181 s for
+    six of its files with the cores busy). Tests marked slow (larger models, real data) keep the
+    environment's threads; modules that use ``one_thread`` keep theirs."""
+    if "one_thread" not in request.fixturenames:
+        want = THREADS if request.node.get_closest_marker("slow") else 1
+        if torch.get_num_threads() != want:  # also undoes a test that set its own and did not restore it
+            torch.set_num_threads(want)
+    yield
+
+
 @pytest.fixture
 def compose_cfg():
     register_configs()

@@ -264,6 +264,7 @@ ERRORS = {
 
 
 @pytest.mark.parametrize("case", list(ERRORS))
+@pytest.mark.slow
 def test_errors_exit_2_with_a_clear_message(case, run, fast, capsys):
     if case == "cuda" and torch.cuda.is_available():
         pytest.skip("this machine has CUDA")

@@ -1,6 +1,7 @@
 """Fast tests of ``vaegan.evaluate``'s own logic, with no evaluation run: which config a checkpoint is
 evaluated under (its run's config.yaml and single-key overrides), what is refused, one-line Hydra
-errors, and metrics.json with its history. tests/test_evaluate.py evaluates real checkpoints."""
+errors, which files are refused as checkpoints and data settings that do not match one, and
+metrics.json with its history. tests/test_evaluate.py evaluates real checkpoints (most of it slow)."""
 
 from __future__ import annotations
 
@@ -136,3 +137,47 @@ def test_show_prints_values_beside_the_reference_and_the_whole_protocol(tmp_path
     assert "  num_samples: 64" in lines and "  split: train" in lines
     assert f"  extractor_file: /a/very/long/path/{'x' * 150}" in lines  # whole, never wrapped
     assert lines[-1] == f"wrote {tmp_path / 'metrics.json'}"
+
+
+# ------------------------------------------------------------------------------ the checkpoint
+def cfg_of_size(image_size: int, channels: int):
+    return OmegaConf.create({"data": {"image_size": image_size, "channels": channels}})
+
+
+def test_a_file_that_is_no_checkpoint_is_a_config_error_naming_it(tmp_path):
+    import torch
+
+    from vaegan.evaluate import load_checkpoint
+
+    tensor, foreign, cut = tmp_path / "tensor.pt", tmp_path / "classifier.ckpt", tmp_path / "cut.ckpt"
+    torch.save(torch.zeros(3), tensor)
+    torch.save({"state_dict": {"fc.weight": torch.zeros(2, 2)}, "hyper_parameters": {"num_classes": 10}}, foreign)
+    cut.write_bytes(foreign.read_bytes()[:100])
+    cases = {tensor: f"ckpt_path: {tensor}: not a vaegan training checkpoint (no state_dict or hyper_parameters)",
+             foreign: f"ckpt_path: {foreign} is not a checkpoint of a vaegan model (",
+             cut: f"ckpt_path: {cut}: not a readable checkpoint, truncated or corrupt (100 bytes"}
+    for path, start in cases.items():
+        with pytest.raises(ConfigError) as err:
+            load_checkpoint(cfg_of_size(16, 1), path, "cpu")
+        assert str(err.value).startswith(start), str(err.value)
+        assert "\n" not in str(err.value)
+
+
+def test_data_settings_other_than_the_checkpoints_name_both_and_the_fix(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    from vaegan import evaluate
+    from vaegan.models.module import VAEGANModule
+
+    trained = SimpleNamespace(hparams={"image_size": 16, "channels": 1})
+    monkeypatch.setattr(VAEGANModule, "from_checkpoint", classmethod(lambda cls, path, device: (trained, 4)))
+    assert evaluate.load_checkpoint(cfg_of_size(16, 1), tmp_path / "x.ckpt", "cpu") == (trained, 4)
+    with pytest.raises(ConfigError) as err:
+        evaluate.load_checkpoint(cfg_of_size(32, 1), tmp_path / "x.ckpt", "cpu")
+    assert str(err.value) == ("data.image_size=32 but the checkpoint's model was trained with 16; pass data.image_size=16, "
+                              "or use the data it trained on")
+    with pytest.raises(ConfigError) as err:
+        evaluate.load_checkpoint(cfg_of_size(32, 3), tmp_path / "x.ckpt", "cpu")
+    assert str(err.value) == ("data.image_size=32 but the checkpoint's model was trained with 16, data.channels=3 but the "
+                              "checkpoint's model was trained with 1; pass data.image_size=16 data.channels=1, or use the "
+                              "data it trained on")

@@ -87,6 +87,7 @@ def csv_rows(run: Path) -> list[dict[str, str]]:
 
 
 # ------------------------------------------------------------------------------ logging and best.ckpt
+@pytest.mark.slow
 def test_fid_is_logged_once_per_evaluation_on_its_iterations_row(evaluated_run):
     run, result = evaluated_run
     rows = csv_rows(run)
@@ -108,6 +109,7 @@ def test_fid_is_logged_once_per_evaluation_on_its_iterations_row(evaluated_run):
     assert {"metrics/kid_mean", "metrics/kid_std", "train/L_d"} <= set(result)
 
 
+@pytest.mark.slow
 def test_best_checkpoint_is_the_lowest_fid_so_far(evaluated_run):
     run, _ = evaluated_run
     fids = {int(row["step"]) + 1: float(row["metrics/fid"]) for row in csv_rows(run) if row["metrics/fid"] != ""}
@@ -120,6 +122,7 @@ def test_best_checkpoint_is_the_lowest_fid_so_far(evaluated_run):
     assert evaluation_state(last) == evaluation_state(best)  # last.ckpt knows the best FID so far
 
 
+@pytest.mark.slow
 def test_checkpoints_hold_no_inception(evaluated_run, plain_run):
     run, _ = evaluated_run
     plain = load(plain_run / "checkpoints" / "last.ckpt")
@@ -133,6 +136,7 @@ def test_checkpoints_hold_no_inception(evaluated_run, plain_run):
     assert not [k for k in plain["callbacks"] if "EvaluationCallback" in k]
 
 
+@pytest.mark.slow
 def test_evaluation_does_not_change_the_training_trajectory(evaluated_run, plain_run):
     run, _ = evaluated_run
     with_eval = load(run / "checkpoints" / "last.ckpt")
@@ -256,6 +260,7 @@ def test_every_zero_never_evaluates(monkeypatch, tmp_path):
 
 
 # ------------------------------------------------------------------------------ resume
+@pytest.mark.slow
 def test_best_fid_survives_a_resume(evaluated_run, tmp_path, monkeypatch, tiny_extractor_file, refcache):
     """Resumed from last.ckpt, a worse FID must not replace best.ckpt (as it would if the callback
     had restarted from best_fid = inf), and a better one still must."""

@@ -239,6 +239,7 @@ EVAL = dict(split="train", num_samples=48, num_reference=80, seed=0, device="cpu
             kid_subset_size=40)
 
 
+@pytest.mark.slow
 def test_evaluate_generator_with_tiny_extractor(model, digits, tiny, tiny_extractor_file):
     g = model.generator
     g.train()
