@@ -273,16 +273,22 @@ def test_a_killed_runs_lock_is_taken_over_with_a_note(tiny_cfg, monkeypatch, cap
 
 
 # ------------------------------------------------------------------------------ main
-def test_main_reports_a_misspelled_key_before_hydra(monkeypatch, tmp_path):
-    called = []
-    monkeypatch.setattr(run, "hydra_main", lambda: called.append(True))
-    monkeypatch.setattr(sys, "argv", ["vaegan.run", "+experiment=quickstart", "data.batch_sise=3"])
+def exit_of_main(monkeypatch, *argv: str):
+    """The SystemExit of ``run.main()`` on ``argv``, with the SIGINT handler it installs undone."""
+    monkeypatch.setattr(sys, "argv", ["vaegan.run", *argv])
     before = signal.getsignal(signal.SIGINT)
     try:
         with pytest.raises(SystemExit) as exit_:
             run.main()
     finally:
         signal.signal(signal.SIGINT, before)
+    return exit_
+
+
+def test_main_reports_a_misspelled_key_before_hydra(monkeypatch, tmp_path):
+    called = []
+    monkeypatch.setattr(run, "hydra_main", lambda: called.append(True))
+    exit_ = exit_of_main(monkeypatch, "+experiment=quickstart", "data.batch_sise=3")
     assert str(exit_.value.code).startswith("Config error: data.batch_sise: no key 'batch_sise' in data; did you mean "
                                             "data.batch_size?")
     assert called == []
@@ -293,12 +299,6 @@ def test_main_turns_ctrl_c_during_startup_into_one_line(monkeypatch, capsys):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(run, "hydra_main", interrupted)
-    monkeypatch.setattr(sys, "argv", ["vaegan.run", "--help"])
-    before = signal.getsignal(signal.SIGINT)
-    try:
-        with pytest.raises(SystemExit) as exit_:
-            run.main()
-    finally:
-        signal.signal(signal.SIGINT, before)
+    exit_ = exit_of_main(monkeypatch, "--help")
     assert exit_.value.code == 130
     assert capsys.readouterr().err == run.NOTHING_SAVED + "\n"

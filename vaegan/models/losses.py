@@ -144,7 +144,11 @@ def weighted_sum(weights: Weights, values: dict[str, Tensor]) -> Tensor | None:
 def objectives(terms: dict[str, Tensor], alpha: float, beta: float, gamma: float, k: float | Tensor,
                kl_weight: float = 1.0) -> dict[str, Tensor]:
     """Eqs. 13-15 from the loss terms present: network -> its objective (``objective_table``)."""
-    parts, table = objective_table(alpha, beta, gamma, k, kl_weight)
+    return evaluate(*objective_table(alpha, beta, gamma, k, kl_weight), terms)
+
+
+def evaluate(parts: dict[str, Weights], table: dict[str, Weights], terms: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Each network's objective of ``table`` from the loss terms present (networks with none are left out)."""
     values = {name: v for name, part in parts.items() if (v := weighted_sum(part, terms)) is not None}
     return {net: obj for net, row in table.items() if (obj := weighted_sum(row, values)) is not None}
 

@@ -216,9 +216,8 @@ class VAEGANModule(L.LightningModule):
 
     def objectives(self, terms: dict[str, Tensor]) -> dict[str, Tensor]:
         """Eqs. 13-15 for the networks this variant has."""
-        parts, table = self.objective_table(next(iter(terms.values())).dtype)
-        values = {name: v for name, part in parts.items() if (v := losses.weighted_sum(part, terms)) is not None}
-        return {net: losses.weighted_sum(table[net], values) for net in self.networks}
+        objectives = losses.evaluate(*self.objective_table(next(iter(terms.values())).dtype), terms)
+        return {net: objectives[net] for net in self.networks}
 
     def compute_gradients(self, terms: dict[str, Tensor]) -> None:
         """The gradient of each network's own objective (Eqs. 13-15), all taken before any step:

@@ -166,7 +166,7 @@ def definitions(window: int, band: float | None, tail: float) -> str:
             "largest excursion of e_smooth past 0, against the sign of e0, as % of |e0|. Steady-state |e| and bias: "
             f"mean |e_smooth| and mean raw e over the last {tail:.0%} of the iterations. Oscillations: sign changes "
             "of e_smooth per 1,000 iterations. k at 0 / 1: % of the logged k_t at the clamp bounds. "
-            "Definitions in `vaegan/equilibrium.py`.")
+            "Definitions in `vaegan/reporting/equilibrium.py`.")
 
 
 def write_markdown(entries: list[Entry], ranked: list[dict], objective: str, path: Path, *, window: int,
