@@ -12,8 +12,9 @@ import pytest
 from tests.conftest import SHARED_CELEBA, celeba_jpegs, make_celeba_layout, require_shared, write_cifar10_batches
 from tests.data.test_cache_writes import needs_permissions
 from vaegan.data import DataError
-from vaegan.data import sources
-from vaegan.data.sources import CelebASource, CIFAR10Source, FolderSource, NpzSource
+from vaegan.data import celeba
+from vaegan.data.celeba import CelebASource
+from vaegan.data.sources import CIFAR10Source, FolderSource, NpzSource
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 
@@ -248,7 +249,7 @@ def test_verify_checksums_rejects_the_subset_files(celeba_root, monkeypatch):
     CelebASource(celeba_root, verify_checksums=False)  # the default reads them
     # files whose MD5s are the expected ones pass
     for path in (attr_file(celeba_root), partition_file(celeba_root), celeba_root / "celeba" / "identity_CelebA.txt"):
-        monkeypatch.setitem(sources.CELEBA_MD5, path.name, hashlib.md5(path.read_bytes()).hexdigest())
+        monkeypatch.setitem(celeba.CELEBA_MD5, path.name, hashlib.md5(path.read_bytes()).hexdigest())
     assert len(CelebASource(celeba_root, verify_checksums=True)) == 200
 
 
@@ -435,6 +436,6 @@ def test_cifar10_bad_batches(tmp_path):
 def test_shared_celeba_files_are_where_the_tests_expect_them(shared_data):
     """The subset files are not the official ones (their MD5s differ), as PROVENANCE.md says."""
     attr = shared_data / "celeba" / "list_attr_celeba_subset.txt"
-    assert hashlib.md5(attr.read_bytes()).hexdigest() != sources.CELEBA_MD5["list_attr_celeba.txt"]
+    assert hashlib.md5(attr.read_bytes()).hexdigest() != celeba.CELEBA_MD5["list_attr_celeba.txt"]
     assert attr.read_bytes().startswith(b"4020\r\n")
     assert len(celeba_jpegs()) == 200 and SHARED_CELEBA.is_dir()

@@ -20,7 +20,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from vaegan.config.schema import DataConfig, TrainConfig
 from vaegan.data.cache import ImageArrays, load_or_build
 from vaegan.data.errors import DataError
-from vaegan.data.sources import PARTITIONS, CelebASource, CIFAR10Source, FolderSource, NpzSource, Source
+from vaegan.data.celeba import CelebASource
+from vaegan.data.sources import PARTITIONS, CIFAR10Source, FolderSource, NpzSource, Source
 from vaegan.data.transforms import to_model_input
 
 FLIP_STREAM = 1 << 40  # flip seeds live apart from the training noise seeds (seed * 1_000_003 + iteration)
