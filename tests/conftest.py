@@ -46,12 +46,16 @@ def fast_tier_threads(request):
     ``one_thread`` does for its modules: its models and batches are tiny, and two threads on two cores
     shared with other processes made it several times slower (measured: 64-73 s against 110-181 s for
     six of its files with the cores busy). Tests marked slow (larger models, real data) keep the
-    environment's threads; modules that use ``one_thread`` keep theirs."""
+    environment's threads; modules that use ``one_thread`` keep theirs. Every test ends with the
+    environment's threads, so a module-scoped fixture (set up before this one) always trains with the
+    same count, whichever test needs it first: runs compared bit for bit must reduce alike."""
     if "one_thread" not in request.fixturenames:
         want = THREADS if request.node.get_closest_marker("slow") else 1
         if torch.get_num_threads() != want:  # also undoes a test that set its own and did not restore it
             torch.set_num_threads(want)
     yield
+    if "one_thread" not in request.fixturenames and torch.get_num_threads() != THREADS:
+        torch.set_num_threads(THREADS)
 
 
 @pytest.fixture
@@ -288,6 +292,23 @@ def tiny_extractor_file(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("extractor") / "tiny_extractor.pt"
     torch.jit.script(TinyExtractor()).save(str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def random_inception_file(tmp_path_factory) -> Path:
+    """A state dict of torch-fidelity's InceptionV3 with random weights (no download)."""
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    folder = tmp_path_factory.mktemp("inception")
+    empty = folder / "empty.pth"
+    torch.save({}, empty)
+    torch.manual_seed(0)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(FeatureExtractorInceptionV3, "load_state_dict", lambda self, state, *a, **k: None)
+        model = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(empty))
+    path = folder / "w.pth"
+    torch.save(model.state_dict(), path)
     return path
 
 

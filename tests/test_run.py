@@ -5,6 +5,7 @@ and ``main``'s checks before Hydra. Real trainings through the command line are 
 from __future__ import annotations
 
 import copy
+import errno
 import logging
 import os
 import signal
@@ -55,13 +56,33 @@ def test_after_divergence_depends_on_a_written_checkpoint(tmp_path):
 
 def test_a_dead_loader_points_at_shared_memory():
     err = RuntimeError("DataLoader worker (pid 123) is killed by signal: Bus error.\nIt is possible that ...")
-    line = run.loader_died(err, 4)
+    line = run.loader_died(run.loader_failure(err), 4)
     assert line.startswith("DataLoader worker (pid 123) is killed by signal: Bus error (data.num_workers=4): "
                            "batches pass through shared memory (/dev/shm")
     assert line.endswith("set data.num_workers=0, or give the machine more shared memory (docker run --shm-size=8g)")
     assert "\n" not in line
     if Path("/dev/shm").is_dir():
         assert " MB free)" in line
+
+
+def test_workers_that_cannot_start_for_a_full_dev_shm_are_found_under_lightnings_error(monkeypatch):
+    """A full /dev/shm fails the workers' queue semaphores while the DataLoader starts; Lightning's
+    teardown raises its own RuntimeError over that OSError, which has no file name."""
+    import torch.multiprocessing
+    from torch.utils.data import DataLoader
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch.multiprocessing, "Queue", full)
+    with pytest.raises(RuntimeError) as masked:
+        try:
+            iter(DataLoader(range(4), num_workers=2))
+        except OSError:
+            raise RuntimeError("Please call `iter(combined_loader)` first.")
+    assert run.loader_failure(masked.value) == "DataLoader workers could not start (No space left on device)"
+    assert run.loader_failure(OSError(errno.ENOSPC, "No space left on device")) is None  # not the loader's
+    assert run.loader_failure(RuntimeError("Please call `iter(combined_loader)` first.")) is None
 
 
 def test_a_file_error_in_the_temporary_directory_says_to_move_tmpdir(tmp_path):

@@ -16,9 +16,11 @@ def _stopped_while_importing(signum: int, frame: object) -> None:
 if __name__ == "__main__":  # a Ctrl-C while Hydra is imported gets the same line as later, not a traceback
     signal.signal(signal.SIGINT, _stopped_while_importing)
 
+import errno  # noqa: E402
 import logging  # noqa: E402
 import shutil  # noqa: E402
 import tempfile  # noqa: E402
+import traceback  # noqa: E402
 import warnings  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import NoReturn  # noqa: E402
@@ -26,10 +28,8 @@ from typing import NoReturn  # noqa: E402
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from vaegan.config import preflight  # noqa: E402
-
-from vaegan.training import run_lock
-from vaegan.config import ConfigError, register_configs, validate  # noqa: E402
+from vaegan.config import ConfigError, preflight, register_configs, validate  # noqa: E402
+from vaegan.training import logged, run_lock  # noqa: E402
 from vaegan.utils.messages import final_line  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -43,8 +43,8 @@ def objective_of(cfg: DictConfig, metrics: dict[str, float]) -> float | None:
     without a discriminator, which have no M)."""
     name = cfg.objective
     if name == "auto":
-        name = "metrics/fid" if cfg.callbacks.evaluation.every_n_iterations else "train/M"
-        if name == "train/M" and "train/M" not in metrics:
+        name = logged.FID if cfg.callbacks.evaluation.every_n_iterations else logged.M
+        if name == logged.M and logged.M not in metrics:
             return None
     if name not in metrics:
         raise ConfigError(f"objective={cfg.objective!r}: {name!r} was never logged; logged: {', '.join(sorted(metrics))}")
@@ -129,14 +129,13 @@ def _execute(cfg: DictConfig, out: Path) -> float | None:
         prefix = next(name for kind, name in failures.items() if isinstance(err, kind))
         text = str(err).strip().splitlines()[0] if isinstance(err, MisconfigurationException) else err  # Lightning's
         fail(f"{prefix}: {text}")  # run to several lines; a missing dataset's shows the expected layout below its line
-    except OSError as err:
-        if err.filename is None:
+    except (OSError, RuntimeError) as err:
+        headline = loader_failure(err)
+        if headline:
+            fail(f"Data error: {loader_died(headline, cfg.data.num_workers)}")
+        if not isinstance(err, OSError) or err.filename is None:
             raise
         fail(f"File error: {file_error(err, out)}")
-    except RuntimeError as err:
-        if not str(err).startswith(("DataLoader worker", "DataLoader timed out")):
-            raise
-        fail(f"Data error: {loader_died(err, cfg.data.num_workers)}")
 
 
 def hold(out: Path, rank: int) -> None:
@@ -157,12 +156,30 @@ def after_divergence(out: Path) -> str:
     return f"no checkpoint was written before it: start again with {fix}"
 
 
-def loader_died(err: RuntimeError, workers: int) -> str:
-    """The usual cause of a DataLoader worker's death, or of one stuck (data.worker_timeout), is a
-    small /dev/shm (Docker's default is 64 MB)."""
+def loader_failure(err: BaseException | None) -> str | None:
+    """The first line of the DataLoader's own failure in ``err``'s chain, if there is one: a worker
+    that died or stuck, or workers that could not start for want of shared memory (their queues'
+    semaphores live in /dev/shm, and Lightning's teardown then raises its own error over that one)."""
+    while err is not None:
+        if isinstance(err, RuntimeError) and str(err).startswith(("DataLoader worker", "DataLoader timed out")):
+            return str(err).splitlines()[0].rstrip(".")
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC and err.filename is None and raised_in_dataloader(err):
+            return f"DataLoader workers could not start ({err.strerror})"
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def raised_in_dataloader(err: BaseException) -> bool:
+    return any(Path(frame.filename).parts[-4:] == ("torch", "utils", "data", "dataloader.py")
+               for frame in traceback.extract_tb(err.__traceback__))
+
+
+def loader_died(headline: str, workers: int) -> str:
+    """The usual cause of a DataLoader worker's death, of one stuck (data.worker_timeout), or of
+    workers that cannot start is a small /dev/shm (Docker's default is 64 MB)."""
     shm = Path("/dev/shm")
     free = f", {shutil.disk_usage(shm).free / 2**20:.1f} MB free" if shm.is_dir() else ""
-    return (f"{str(err).splitlines()[0].rstrip('.')} (data.num_workers={workers}): batches pass through shared memory "
+    return (f"{headline} (data.num_workers={workers}): batches pass through shared memory "
             f"({shm}{free}), which was probably full, or memory ran out; set data.num_workers=0, or give the "
             "machine more shared memory (docker run --shm-size=8g)")
 

@@ -309,23 +309,6 @@ def test_download_truncated_transfer_with_checksum(serve, tmp_path):
 
 
 # ------------------------------------------------------------------------------ inception-v3-compat, local
-@pytest.fixture(scope="module")
-def random_inception_file(tmp_path_factory) -> Path:
-    """A state dict of torch-fidelity's InceptionV3 with random weights (no download)."""
-    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
-
-    folder = tmp_path_factory.mktemp("inception")
-    empty = folder / "empty.pth"
-    torch.save({}, empty)
-    torch.manual_seed(0)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(FeatureExtractorInceptionV3, "load_state_dict", lambda self, state, *a, **k: None)
-        model = FeatureExtractorInceptionV3(INCEPTION, ["2048"], feature_extractor_weights_path=str(empty))
-    path = folder / "w.pth"
-    torch.save(model.state_dict(), path)
-    return path
-
-
 @pytest.mark.slow
 def test_inception_v3_compat_from_a_local_file(random_inception_file, monkeypatch):
     monkeypatch.setattr(extractors, "reachable", no_network)

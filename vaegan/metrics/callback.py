@@ -13,6 +13,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from vaegan.config.schema import EvaluationConfig, LatentUseConfig
+from vaegan.training import logged
 from vaegan.training.checkpoints import save_checkpoint_atomically
 from vaegan.metrics.extractors import Extractor
 from vaegan.metrics.fidelity import evaluate_generator
@@ -63,12 +64,12 @@ class EvaluationCallback(L.Callback):
             shown = ", ".join(f"{name} {value:.4g}" for name, value in values.items())
             rank_zero_info(f"iteration {pl_module.iteration}: {shown} ({result.protocol.num_samples} samples, {result.seconds:.0f} s)")
         values = trainer.strategy.broadcast(values, src=0)  # the other ranks wait here
-        logged = {f"metrics/{name}": value for name, value in values.items()}
+        row = {logged.metric(name): value for name, value in values.items()}
         # Straight to the loggers: values logged through pl_module.log would be repeated on every
         # later row of the epoch. Lightning numbers the rows of iteration i from 0, as i - 1.
         for logger in trainer.loggers:
-            logger.log_metrics(logged, step=pl_module.iteration - 1)
-        trainer.callback_metrics.update({name: torch.tensor(value) for name, value in logged.items()})
+            logger.log_metrics(row, step=pl_module.iteration - 1)
+        trainer.callback_metrics.update({name: torch.tensor(value) for name, value in row.items()})
         if self.keep_best and values.get("fid", math.inf) < self.best_fid:
             self.best_fid, self.best_iteration = values["fid"], pl_module.iteration
             save_checkpoint_atomically(trainer, self.dirpath / "best.ckpt")
@@ -119,10 +120,10 @@ class LatentUseMonitor(L.Callback):
         x = self.x.to(pl_module.device)
         with evaluating(pl_module):
             use = latent_use(pl_module.encode, pl_module.decode, lambda: x.split(256))
-        logged = {f"val/{name}": value for name, value in use.as_dict().items()}
+        row = {logged.val(name): value for name, value in use.as_dict().items()}
         for logger in trainer.loggers:  # as EvaluationCallback: straight to the loggers, on iteration i's row
-            logger.log_metrics(logged, step=it - 1)
-        trainer.callback_metrics.update({name: torch.tensor(float(value)) for name, value in logged.items()})
+            logger.log_metrics(row, step=it - 1)
+        trainer.callback_metrics.update({name: torch.tensor(float(value)) for name, value in row.items()})
         reason = use.collapse(self.min_kl_nats, self.min_psnr_gain_db) if it >= self.warn_after else None
         if reason and self.stop_if_collapsed:
             log.warning(f"stopping at iteration {it}: the posterior has collapsed ({reason}); "

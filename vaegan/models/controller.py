@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from vaegan.config.schema import ControllerConfig
+from vaegan.training import logged
 
 
 class PIDController:
@@ -130,8 +131,8 @@ class PIDUpdate(L.Callback):
     def on_train_batch_end(self, trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         k = self.controller.update(outputs["e"], outputs["stepped"])  # on the device; a skipped iteration keeps k
         if pl_module.is_logging_iteration():
-            pl_module.log("train/k", k.float())
-            pl_module.log_dict({f"train/k_{name}": v.float() for name, v in self.controller.pid_term_tensors.items()})
+            pl_module.log(logged.K, k.float())
+            pl_module.log_dict({logged.pid_term(name): v.float() for name, v in self.controller.pid_term_tensors.items()})
 
     def state_dict(self) -> dict[str, Any]:
         return self.controller.state_dict()

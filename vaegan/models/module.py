@@ -18,7 +18,7 @@ from vaegan import compat
 from vaegan.config.schema import DataConfig, ModelConfig, TrainConfig
 from vaegan.models import losses
 from vaegan.models.networks import Decoder, Discriminator, VAEEncoder
-from vaegan.training import checkpoints, distributed, ema, performance, routing, sync
+from vaegan.training import checkpoints, distributed, ema, logged, performance, routing, sync
 from vaegan.training.guard import DivergenceGuard
 from vaegan.training.lr_decay import LearningRateDecay
 
@@ -271,9 +271,9 @@ class VAEGANModule(L.LightningModule):
         self.lr_decay.step(self, iteration, stats.get("M"))  # BEGAN's decay, when configured
         if self.is_logging_iteration(iteration):
             self.guard.poll()  # warns about skipped iterations; raises DivergenceError
-            self.log_dict({f"train/{name}": value for name, value in {**terms, **stats}.items()})
-            self.log_dict({f"train/grad_norm_{name}": value for name, value in norms.items()})
-            self.log("train/skipped_iterations", self.guard.counters[0].float())
+            self.log_dict({logged.train(name): value for name, value in {**terms, **stats}.items()})
+            self.log_dict({logged.grad_norm(name): value for name, value in norms.items()})
+            self.log(logged.SKIPPED, self.guard.counters[0].float())
         return {**stats, "stepped": stepped}
 
     def on_fit_start(self) -> None:

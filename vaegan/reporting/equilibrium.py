@@ -32,6 +32,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from vaegan.training import logged
+
 EPSILON = 1e-12  # the band when band_fraction * |e0| is 0
 
 
@@ -162,7 +164,7 @@ def diagnose(steps: np.ndarray, e: np.ndarray, k: np.ndarray, *, window: int = 5
 
 def error_curve(curves: dict[str, np.ndarray], window: int) -> tuple[np.ndarray, np.ndarray] | None:
     """(steps, e_smooth) of a run's ``train/e`` (NaN rows dropped); None when no e is logged."""
-    e = curves.get("train/e")
+    e = curves.get(logged.E)
     if e is None or not (ok := ~(np.isnan(e) | np.isnan(curves["step"]))).any():
         return None
     return curves["step"][ok], smooth(curves["step"][ok], e[ok], window)
@@ -171,7 +173,7 @@ def error_curve(curves: dict[str, np.ndarray], window: int) -> tuple[np.ndarray,
 def diagnose_curves(curves: dict[str, np.ndarray], **kwargs) -> Diagnostics | None:
     """``diagnose`` of a run's ``step``, ``train/e`` and ``train/k`` columns (``read_curves``); None
     when no e is logged (a VAE without discriminator). ``kwargs`` go to ``diagnose``."""
-    e = curves.get("train/e")
+    e = curves.get(logged.E)
     if e is None or np.isnan(e).all():
         return None
-    return diagnose(curves["step"], e, curves.get("train/k", np.full(e.shape, np.nan)), **kwargs)
+    return diagnose(curves["step"], e, curves.get(logged.K, np.full(e.shape, np.nan)), **kwargs)

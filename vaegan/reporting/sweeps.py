@@ -18,6 +18,7 @@ from typing import Callable
 import numpy as np
 from omegaconf import OmegaConf
 
+from vaegan.training import logged
 from vaegan.reporting.equilibrium import Diagnostics, diagnose_curves, error_curve
 from vaegan.utils.files import write_atomic
 from vaegan.reporting.runs import Run, final_value, mean_std, value
@@ -39,7 +40,7 @@ class Entry:
 
     def values(self) -> dict[str, float | int | None]:
         """The diagnostics, final M and FID by SUMMARY name (NaN as None)."""
-        d = {**asdict(self.diagnostics), "final_M": final_value(self.run, "train/M"), "fid": fid_of(self.run)}
+        d = {**asdict(self.diagnostics), "final_M": final_value(self.run, logged.M), "fid": fid_of(self.run)}
         return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in d.items()}
 
 
@@ -70,7 +71,7 @@ def configuration(run: Run, common: set[str] | frozenset[str]) -> str:
 
 def fid_of(run: Run) -> float | None:
     """FID from metrics.json, else the last logged ``metrics/fid``, else None."""
-    return v if (v := value(run, "fid")) is not None else final_value(run, "metrics/fid")
+    return v if (v := value(run, "fid")) is not None else final_value(run, logged.FID)
 
 
 def collect(runs: list[Run], **kwargs) -> list[Entry]:
@@ -197,7 +198,7 @@ def plot_equilibrium(entries: list[Entry], window: int, path: Path) -> Path:
         seen.add(e.configuration)
         steps, e_smooth = error_curve(e.run.curves, window)
         top.plot(steps, e_smooth, color=colours[e.configuration], lw=0.8, label=label)
-        k = e.run.curves.get("train/k", np.empty(0))
+        k = e.run.curves.get(logged.K, np.empty(0))
         if (ok := ~np.isnan(k)).any():
             bottom.plot(e.run.curves["step"][ok], k[ok], color=colours[e.configuration], lw=0.8)
     top.set(ylabel="e_t (smoothed)", title=f"e_t, moving average over {window} iteration(s); dashed: target 0, "

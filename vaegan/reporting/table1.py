@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vaegan.training import logged
 from vaegan.reporting.runs import Run, final_value, mean_std, value, variant_key
 from vaegan.reporting.tables import cell, pm
 from vaegan.utils.files import write_atomic
@@ -46,7 +47,7 @@ def summarize(runs: list[Run]) -> list[dict]:
         for prefix, (key, with_std) in STATS.items():
             mean, std = mean_std([v for r in group if (v := value(r, key)) is not None])
             row.update({f"{prefix}_mean": mean, **({f"{prefix}_std": std} if with_std else {})})
-        row["final_M_mean"], row["final_M_std"] = mean_std([v for r in group if (v := final_value(r, "train/M")) is not None])
+        row["final_M_mean"], row["final_M_std"] = mean_std([v for r in group if (v := final_value(r, logged.M)) is not None])
         rows.append(row)
     reference = [v for r in runs if (v := value(r, "is_mean", "reference_values")) is not None]
     if reference:
@@ -118,7 +119,7 @@ def plot_curves(runs: list[Run], path: Path) -> Path:
     colours = {v: plt.get_cmap("tab10")(i % 10) for i, v in enumerate(sorted({r.variant for r in runs}, key=variant_key))}
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     plotted = False
-    for ax, (column, name) in zip(axes, [("train/k", "k_t"), ("train/M", "M")]):
+    for ax, (column, name) in zip(axes, [(logged.K, "k_t"), (logged.M, "M")]):
         for run in runs:
             y = run.curves.get(column, np.empty(0))
             if (ok := ~np.isnan(y)).any():

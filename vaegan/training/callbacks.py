@@ -22,7 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torchvision.utils import save_image
 
 from vaegan.config.schema import ON_SIGNALS, CheckpointConfig, ImagesConfig, ProgressBarConfig, TrainConfig
-from vaegan.training import checkpoints, distributed, run_lock
+from vaegan.training import checkpoints, distributed, logged, run_lock
 
 from vaegan.latent import panels
 from vaegan.utils.files import write_atomic
@@ -207,7 +207,7 @@ class ImageLogger(L.Callback):
             return
         for name, picture in self.grids(pl_module).items():
             write_atomic(self.dirpath / name / f"iter_{it:07d}.png", lambda tmp: save_image(picture, tmp, format="png"))
-            log_picture(trainer.loggers, f"images/{name}", picture, it)
+            log_picture(trainer.loggers, logged.image(name), picture, it)
 
 
 def log_picture(loggers: list, key: str, picture: torch.Tensor, step: int) -> None:
@@ -242,8 +242,8 @@ class TrainingStats(L.Callback):
         if it % self.every:
             return
         seconds, iterations = now - self._since[0], it - self._since[1]
-        pl_module.log_dict({"train/iterations_per_s": iterations / seconds, "train/images_per_s": self._images / seconds})
-        pl_module.log_dict({f"train/lr_{name}": opt.param_groups[0]["lr"]
+        pl_module.log_dict({logged.ITERATIONS_PER_S: iterations / seconds, logged.IMAGES_PER_S: self._images / seconds})
+        pl_module.log_dict({logged.lr(name): opt.param_groups[0]["lr"]
                             for name, opt in zip(pl_module.networks, trainer.optimizers)})
         self._since, self._images = (now, it), 0
 
@@ -280,7 +280,7 @@ class IterationProgressBar(ProgressBar):
         if pl_module.is_logging_iteration():  # k and M are read from the device only when logged
             metrics = trainer.callback_metrics
             self._stats = "  ".join(f"{name.split('/')[-1]}={float(metrics[name]):.4f}"
-                                    for name in ("train/k", "train/M") if name in metrics)
+                                    for name in (logged.K, logged.M) if name in metrics)
         self._progress.update(self._task, completed=pl_module.iteration, stats=self._stats)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
