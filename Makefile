@@ -7,7 +7,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install train test test-all table1-cpu pid-vs-p-cpu latent-study latent-cpu clean
+.PHONY: install train test test-all table1-cpu pid-vs-p-cpu latent-study latent-cpu dashboard dashboard-figure clean
 
 install: $(STAMP)
 
@@ -58,6 +58,16 @@ latent-cpu: $(STAMP)
 	$(EXPLORE) attributes $(LATENT_CKPT) out=docs/latent
 	$(EXPLORE) edit $(LATENT_CKPT) 'attrs=[Smiling,Eyeglasses,Male,Blond_Hair]' n=6 out=docs/latent
 	$(EXPLORE) edit $(LATENT_CKPT) --measure out=docs/latent
+
+# The W&B workspace of a project (docs/tracking.md): make dashboard PROJECT=my-team/vaegan [ARGS="--sweep ..."];
+# ARGS=--dry-run prints it as JSON without a key. The README's figure of its layout: make dashboard-figure.
+PROJECT ?= $(USER)/vaegan
+dashboard: $(STAMP)
+	$(PY) -m vaegan.dashboard $(PROJECT) $(ARGS)
+
+dashboard-figure: $(STAMP)
+	$(PY) -m vaegan.dashboard team/vaegan --dry-run > docs/tracking/workspace.json
+	$(PY) experiments/dashboard_figure.py docs/tracking/workspace.json docs/tracking/dashboard.png
 
 clean:
 	rm -rf outputs multirun .pytest_cache

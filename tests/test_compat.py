@@ -272,3 +272,64 @@ def test_the_lightning_floor_has_fits_weights_only():
     assert floor(requirement("lightning")) >= Version("2.6"), (
         "Trainer.fit(weights_only=) (training.train) is new in Lightning 2.6.0 (#21072)")
     assert "weights_only" in inspect.signature(L.Trainer.fit).parameters
+
+
+# ------------------------------------------------------------------------------ wandb-workspaces
+def test_workspace_spec_is_the_view_that_save_uploads(monkeypatch):
+    """If this fails, wandb-workspaces changed ``Base._spec`` or what ``Workspace.save()`` sends
+    (``internal.upsert_view2(self._to_model())``): make compat.workspace_spec return what it sends."""
+    ws = pytest.importorskip("wandb_workspaces.workspaces")
+    from wandb_workspaces.workspaces import interface, internal
+
+    sent = []
+    monkeypatch.setattr(internal, "upsert_view2", lambda view: sent.append(view) or
+                        {"upsertView": {"view": {"name": view.name, "id": "x"}}})
+    monkeypatch.setattr(interface, "get_app_url", lambda api: "https://wandb.ai")
+    monkeypatch.setattr("wandb.Api", lambda *a, **k: object())
+    workspace = ws.Workspace(entity="e", project="p", name="n", sections=[ws.Section(name="s", is_open=True)])
+    spec = compat.workspace_spec(workspace)
+    workspace.save()
+    (view,) = sent
+    assert (spec["entity"], spec["project"], spec["displayName"]) == (view.entity, view.project, view.display_name)
+    import json
+
+    uploaded = json.loads(view.spec.model_dump_json(by_alias=True, exclude_none=True))
+    assert spec["spec"]["section"]["panelBankConfig"]["sections"] == uploaded["section"]["panelBankConfig"]["sections"]
+
+
+def test_name_view_makes_save_write_that_name_and_id(monkeypatch):
+    """If this fails, wandb-workspaces renamed ``Workspace._internal_name``/``_internal_id`` or no
+    longer sends them as the view's name and id: follow ``Workspace.from_url``, which sets them."""
+    ws = pytest.importorskip("wandb_workspaces.workspaces")
+    from wandb_workspaces.workspaces import internal
+
+    workspace = ws.Workspace(entity="e", project="p", name="n")
+    assert {"_internal_name", "_internal_id"} <= set(vars(workspace))
+    compat.name_view(workspace, "nw-abcdefghijk-v", "VmlldzoxMjM=")
+    view = workspace._to_model()
+    assert isinstance(view, internal.View) and (view.name, view.id) == ("nw-abcdefghijk-v", "VmlldzoxMjM=")
+    compat.name_view(workspace, "nw-abcdefghijk-v", None)
+    assert workspace._to_model().id == ""
+
+
+def test_saved_view_id_asks_view_from_name_and_is_none_for_a_missing_view(monkeypatch):
+    """If this fails, wandb-workspaces changed ``internal.View.from_name(entity, project, name)`` or
+    the ValueError it raises for a view that does not exist."""
+    pytest.importorskip("wandb_workspaces")
+    from wandb_workspaces.workspaces import internal
+
+    assert list(inspect.signature(internal.View.from_name).parameters) == ["entity", "project", "view_name"]
+    calls = []
+
+    def from_name(entity, project, view_name):
+        calls.append((entity, project, view_name))
+        if view_name == "nw-missing-v":
+            raise ValueError("Workspace `nw-missing-v` not found in project `p`")
+        return type("View", (), {"id": "VmlldzoxMjM="})()
+
+    monkeypatch.setattr(internal.View, "from_name", staticmethod(from_name))
+    assert compat.saved_view_id("e", "p", "nw-there-v") == "VmlldzoxMjM="
+    assert compat.saved_view_id("e", "p", "nw-missing-v") is None
+    assert calls == [("e", "p", "nw-there-v"), ("e", "p", "nw-missing-v")]
+    source = inspect.getsource(internal.get_view_dict)
+    assert "raise ValueError" in source and "not found" in source

@@ -1,7 +1,7 @@
 """The README and docs/*.md as a user reads them: every command they show still composes, every link
 resolves, and every Makefile target and repository path they name exists.
 
-Each ``python -m vaegan.run|evaluate|explore|report ...`` command (fenced code blocks and inline code,
+Each ``python -m vaegan.run|evaluate|explore|report|dashboard ...`` command (fenced code blocks and inline code,
 backslash continuations joined, shell variables of the same block and the environment filled in,
 placeholders such as ``<run>`` replaced by ``x``) is checked in this process, as its entry point
 would check it before doing any work:
@@ -16,7 +16,8 @@ would check it before doing any work:
 - ``vaegan.evaluate`` and ``vaegan.explore``: ``evaluate.compose_config`` (which explore also uses),
   with ``ckpt_path`` pointing at an empty file in a run directory that holds a ``config.yaml``, then
   ``validate``; explore's own options through ``vaegan.latent.explore.options.parse`` first.
-- ``vaegan.report``: its own argparse parser, stopped right after parsing.
+- ``vaegan.report``: its own argparse parser, stopped right after parsing; ``vaegan.dashboard``: its
+  ``parse`` (arguments only: nothing is built or saved).
 
 Only composition is checked: ``data.root=/path/to/celeba`` and ``ckpt_path=<run>/...`` are fine.
 """
@@ -40,7 +41,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf, open_dict
 
 from tests.conftest import ROOT
-from vaegan import evaluate, report
+from vaegan import dashboard, evaluate, report
 from vaegan.config import ConfigError, preflight, register_configs, validate
 from vaegan.config.schema import CONF_DIR
 from vaegan.latent.explore import options as explore_options
@@ -49,10 +50,11 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 LINKED = [*DOCS, ROOT / "experiments" / "README.md"]  # pages whose links must resolve
 README_MAX_LINES = 250
 # `python -m vaegan.<tool>` (also after torchrun's options), then its arguments to the end of the line.
-TOOL = re.compile(r"(?:\bpython3?|\btorchrun)(?:\s+--?[\w=.-]+)*?\s+-m\s+vaegan\.(run|evaluate|explore|report)(?=\s|$)(.*)")
+TOOL = re.compile(r"(?:\bpython3?|\btorchrun)(?:\s+--?[\w=.-]+)*?\s+-m\s+vaegan\.(run|evaluate|explore|report|dashboard)(?=\s|$)(.*)")
 PLACEHOLDER = re.compile(r"<[\w .-]+>")  # <run>, <time>, <sweep dir>: the reader's to fill
 VARIABLE = re.compile(r"\$(\w+)|\$\{(\w+)\}")
 ASSIGNMENT = re.compile(r"\s*([A-Za-z_]\w*)=(\S+)\s*")
+SHELL = {"|", "||", "&&", ";", "&"}  # where the shell ends a command
 
 
 @dataclass(frozen=True)
@@ -71,7 +73,9 @@ def command_of(where: str, text: str, variables: dict[str, str]) -> Command | No
     if not found:
         return None
     rest = VARIABLE.sub(lambda m: variables.get(m[1] or m[2], m[0]), PLACEHOLDER.sub("x", found[2]))
-    args = tuple(shlex.split(rest, comments=True))
+    args = shlex.split(rest, comments=True)
+    ends = [i for i, arg in enumerate(args) if arg in SHELL or arg.startswith((">", "2>"))]  # redirection, pipes
+    args = tuple(args[:ends[0]] if ends else args)
     return Command(where, found[1], args) if args else None
 
 
@@ -269,13 +273,22 @@ def check(command: Command, run: Path, tmp_path: Path, monkeypatch, capsys) -> N
         check_evaluate(command.args, run)
     elif command.tool == "explore":
         check_explore(command.args, run)
+    elif command.tool == "dashboard":
+        check_dashboard(command.args, capsys)
     else:
         check_report(command.args, monkeypatch, capsys)
 
 
+def check_dashboard(args: tuple[str, ...], capsys) -> None:
+    try:
+        dashboard.parse(list(args))
+    except SystemExit as exit_:
+        raise ConfigError(f"argparse exits with status {exit_.code}: {capsys.readouterr().err.strip()}") from None
+
+
 def test_the_docs_show_commands_of_every_entry_point():
     tools = {c.tool for c in COMMANDS}
-    assert tools == {"run", "evaluate", "explore", "report"}, tools
+    assert tools == {"run", "evaluate", "explore", "report", "dashboard"}, tools
     assert len(COMMANDS) > 40, len(COMMANDS)
 
 
@@ -300,6 +313,7 @@ def test_every_documented_command_composes(run_dir, tmp_path, monkeypatch, capsy
     ("explore", ["sample", "ckpt_path=x", "n=abc"], "n takes an integer"),
     ("explore", ["edit", "ckpt_path=x", "data.rooot=/data"], "rooot"),
     ("report", ["multirun/x", "--bnd", "0.03"], "unrecognized arguments"),
+    ("dashboard", ["my-team", "--dry-run"], "give the W&B entity and project"),
 ])
 def test_a_command_that_would_not_start_fails(tool, args, error, run_dir, tmp_path, monkeypatch, capsys):
     with pytest.raises(Exception, match=re.escape(error)):

@@ -85,4 +85,4 @@ def test_no_module_imports_a_private_name_of_another(name):
 def test_the_layout_is_by_concern():
     """Top-level modules are only the entry points and the package's shared pieces."""
     top = {p.stem for p in PACKAGE.glob("*.py")}
-    assert top <= {"__init__", "run", "evaluate", "explore", "report", "compat", "module"}, sorted(top)
+    assert top <= {"__init__", "run", "evaluate", "explore", "report", "dashboard", "compat", "module"}, sorted(top)

@@ -1,4 +1,5 @@
-"""The private and undocumented APIs of Lightning, torch and wandb that vaegan relies on, in one place.
+"""The private and undocumented APIs of Lightning, torch, wandb and wandb-workspaces that vaegan relies
+on, in one place.
 
 Each entry names what it relies on and why; ``tests/test_compat.py`` checks every one against the
 installed versions and names the upstream change to follow when an upgrade breaks it.
@@ -94,3 +95,30 @@ def attached_trainer(module: L.LightningModule) -> L.Trainer | None:
     """The Trainer a LightningModule is attached to, or None, from its private ``_trainer``: the
     public ``trainer`` property raises when there is none."""
     return module._trainer
+
+
+# --------------------------------------------------------------------------- wandb-workspaces
+def workspace_spec(workspace: Any) -> dict:
+    """The view a wandb-workspaces ``Workspace.save()`` uploads, as a dict (its private ``_spec``:
+    ``_to_model()`` dumped by alias), for ``python -m vaegan.dashboard --dry-run``."""
+    return workspace._spec
+
+
+def saved_view_id(entity: str, project: str, view_name: str) -> str | None:
+    """The id of the saved workspace view named ``view_name`` (``nw-<id>-v``), or None where there is
+    none, by the library's private ``internal.View.from_name``: the public ``Workspace.from_url`` needs
+    the view's URL, which a teammate who never saved it cannot know."""
+    from wandb_workspaces.workspaces import internal
+
+    try:
+        return internal.View.from_name(entity, project, view_name).id or None
+    except (ValueError, IndexError):  # "Workspace ... not found", or a project without views
+        return None
+
+
+def name_view(workspace: Any, view_name: str, view_id: str | None) -> None:
+    """Makes ``workspace.save()`` write the view ``view_name`` (updating view ``view_id`` when it
+    exists) instead of a new view with a random name, through the private ``_internal_name`` and
+    ``_internal_id`` that ``Workspace.from_url`` sets: so that saving twice updates one view."""
+    object.__setattr__(workspace, "_internal_name", view_name)
+    object.__setattr__(workspace, "_internal_id", view_id or "")

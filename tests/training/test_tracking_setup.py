@@ -84,7 +84,7 @@ def test_init_kwargs_of_a_multirun_job(tmp_path, monkeypatch):
 def test_the_dashboard_plots_every_metric_against_the_iteration():
     calls = []
     run = SimpleNamespace(define_metric=lambda name, **kw: calls.append((name, kw)))
-    tracking.define_dashboard(run)
+    tracking.define_summaries(run)
     assert calls[0] == ("trainer/global_step", {})
     assert calls[1] == ("*", {"step_metric": "trainer/global_step", "step_sync": True})
     summaries = {name: kw["summary"] for name, kw in calls[2:]}

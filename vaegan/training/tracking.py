@@ -21,11 +21,9 @@ from __future__ import annotations
 
 import json
 import logging
-import netrc
 import os
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
@@ -34,24 +32,13 @@ from vaegan import compat
 from vaegan.config import ConfigError
 
 from vaegan.config.schema import WANDB_MODES
+from vaegan.training import logged
+from vaegan.training.credentials import has_credentials
 from vaegan.utils.files import write_atomic
 
 log = logging.getLogger(__name__)
 RUN_FILE = "wandb_run.json"
 MAX_CHART_POINTS = 1000  # per series of the equilibrium chart
-DEFAULT_HOST = "https://api.wandb.ai"
-
-
-def has_credentials() -> bool:
-    """Whether W&B would find an API key without asking: the environment or a netrc entry."""
-    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
-        return True
-    host = urlparse(os.environ.get("WANDB_BASE_URL", DEFAULT_HOST)).hostname or ""
-    path = os.environ.get("NETRC") or str(Path.home() / ".netrc")
-    try:
-        return Path(path).is_file() and netrc.netrc(path).authenticators(host) is not None
-    except (netrc.NetrcParseError, OSError):
-        return False
 
 
 def resolve_mode(requested: str) -> tuple[str, str | None]:
@@ -135,19 +122,16 @@ def start_run(cfg: DictConfig, out: Path) -> Any:
         record = {"id": run.id, "project": w.project, "entity": w.entity, "group": kwargs["group"],
                   "mode": "offline" if run.offline else "online"}
         write_atomic(out / RUN_FILE, lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"))
-    define_dashboard(run)
+    define_summaries(run)
     return run
 
 
-def define_dashboard(run: Any) -> None:
-    """Iteration as every chart's x-axis, and the summaries a run table should show."""
-    run.define_metric("trainer/global_step")  # = the iteration (Lightning's batches), see docs/training.md
-    run.define_metric("*", step_metric="trainer/global_step", step_sync=True)
-    for key in ("train/M", "metrics/fid", "metrics/kid_mean"):
-        run.define_metric(key, step_metric="trainer/global_step", summary="min,last")
-    run.define_metric("metrics/is_mean", step_metric="trainer/global_step", summary="max,last")
-    for key in ("val/kl_nats", "val/psnr", "val/ssim"):  # the VAE's latent use: higher is better
-        run.define_metric(key, step_metric="trainer/global_step", summary="max,last")
+def define_summaries(run: Any) -> None:
+    """Iteration as every chart's x-axis, and the summaries a run table should show (logged.SUMMARIES)."""
+    run.define_metric(logged.STEP)  # = the iteration (Lightning's batches), see docs/training.md
+    run.define_metric("*", step_metric=logged.STEP, step_sync=True)
+    for key, summary in logged.SUMMARIES.items():
+        run.define_metric(key, step_metric=logged.STEP, summary=summary)
 
 
 def log_equilibrium_chart(run: Any, history: list[tuple[int, float, float]]) -> None:
@@ -161,7 +145,7 @@ def log_equilibrium_chart(run: Any, history: list[tuple[int, float, float]]) -> 
     steps = [h[0] for h in history]
     chart = wandb.plot.line_series(xs=steps, ys=[[h[1] for h in history], [h[2] for h in history], [0.0] * len(steps)],
                                    keys=["e_t", "k_t", "target (e = 0)"], title="Equilibrium: e_t and k_t", xname="iteration")
-    run.log({"equilibrium": chart})
+    run.log({logged.EQUILIBRIUM_CHART: chart})
 
 
 def wandb_logger(cfg: DictConfig, out: Path):
@@ -195,8 +179,8 @@ class ControllerChart(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         metrics = trainer.callback_metrics
-        if pl_module.iteration % self.every == 0 and "train/e" in metrics and "train/k" in metrics:
-            self.history.append((pl_module.iteration, float(metrics["train/e"]), float(metrics["train/k"])))
+        if pl_module.iteration % self.every == 0 and logged.E in metrics and logged.K in metrics:
+            self.history.append((pl_module.iteration, float(metrics[logged.E]), float(metrics[logged.K])))
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         from lightning.pytorch.loggers import WandbLogger
