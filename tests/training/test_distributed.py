@@ -140,7 +140,7 @@ def test_slurm_tasks_become_the_ranks_without_a_relaunch(tmp_path, one_process):
 def test_sigterm_stops_every_rank_at_one_iteration_and_the_run_resumes_exactly(tmp_path):
     from tests.training.test_resume import assert_identical, finish, start, training_state, wait_for
 
-    run = [*TINY, *PER_RANK, "iterations=100000", "callbacks.checkpoint.every_n_iterations=10"]
+    run = [*TINY, *PER_RANK, "iterations=100000", "callbacks.checkpoint.every_n_iterations=5"]
     proc = start(*run, f"hydra.run.dir={tmp_path / 'stopped'}")
     last = tmp_path / "stopped" / "checkpoints" / "last.ckpt"
     wait_for(last, proc)
