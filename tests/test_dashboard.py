@@ -167,8 +167,8 @@ def evaluated_wandb_run(tmp_path_factory, random_inception_file) -> Path:
     tmp = tmp_path_factory.mktemp("dashboard")
     overrides = [*TINY, "iterations=4", "callbacks.images.every_n_iterations=2",
                  "callbacks.evaluation.every_n_iterations=4", f"metrics.inception_weights={random_inception_file}",
-                 "metrics.num_reference=16", "callbacks.evaluation.num_samples=16", "metrics.kid_subset_size=8",
-                 "metrics.kid_subsets=2", "metrics.isc_splits=2", "metrics.batch_size=16", f"metrics.cache_dir={tmp / 'cache'}",
+                 "metrics.num_reference=8", "callbacks.evaluation.num_samples=8", "metrics.kid_subset_size=4",
+                 "metrics.kid_subsets=2", "metrics.isc_splits=2", "metrics.batch_size=8", f"metrics.cache_dir={tmp / 'cache'}",
                  "logger=[csv,wandb]", f"hydra.run.dir={tmp / 'run'}"]
     done = run_cli(*overrides, env=keyless_env(tmp / "home", OMP_NUM_THREADS="2"))
     assert done.returncode == 0, done.stderr[-3000:]
